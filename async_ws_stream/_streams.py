@@ -1,0 +1,300 @@
+"""The consumer side: a bounded stream of messages with an overflow policy, and handlers.
+
+The producer (the client's pump) only ever calls the synchronous ``_feed``; it
+never awaits a consumer. A consumer waiting on an empty stream is woken once per
+batch: the first ``_feed`` resolves its waiter and later ones only append.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy as _copy
+import enum
+from collections import deque
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, Generic, Literal, NamedTuple, TypeVar
+
+from loguru import logger
+
+from .exceptions import StreamOverflow
+
+__all__ = ["DEFAULT_MAXSIZE", "OVERFLOW_POLICIES", "Overflow", "Stream", "StreamStatistics"]
+
+M = TypeVar("M")
+
+DEFAULT_MAXSIZE = 10_000
+Overflow = Literal["error", "drop_oldest", "drop_newest"]
+OVERFLOW_POLICIES: tuple[str, ...] = ("error", "drop_oldest", "drop_newest")
+
+
+def check_buffer_options(where: str, maxsize: object, overflow: object) -> None:
+    """Raise ValueError/TypeError naming the bad buffer option, else return."""
+    if isinstance(maxsize, bool) or not isinstance(maxsize, int):
+        raise TypeError(f"{where}: maxsize must be an int >= 1, got {type(maxsize).__name__} {maxsize!r}")
+    if maxsize < 1:
+        raise ValueError(f"{where}: maxsize must be >= 1, got {maxsize!r}; every stream needs a bounded buffer")
+    if overflow not in OVERFLOW_POLICIES:
+        raise ValueError(
+            f"{where}: overflow must be one of {', '.join(map(repr, OVERFLOW_POLICIES))}, got {overflow!r}"
+        )
+
+
+class _State(enum.Enum):
+    OPEN = "open"
+    FINISHED = "finished"  # no more input; buffered messages still delivered, then the end
+    CLOSED = "closed"  # closed by its consumer; buffer discarded
+
+
+class StreamStatistics(NamedTuple):
+    """A snapshot of one stream, as listed in ``stats()["streams"]``."""
+
+    filters: Any
+    queued: int
+    dropped: int
+
+
+class Stream(Generic[M]):
+    """An async iterator over the messages matching one filter, in arrival order.
+
+    Made by :meth:`AsyncWsStream.stream_filter`; not constructed directly.
+
+    The buffer holds at most ``maxsize`` messages; what a full buffer does is
+    the ``overflow`` policy. No policy loses a message silently: drops are
+    counted in :attr:`dropped` and in the client's ``stats()``, and logged once
+    per overflow episode (when the stream first drops, and when it recovers).
+
+    Cancelling a pending ``__anext__`` is safe: nothing is lost; the next call
+    returns the next message. ``close()`` is idempotent.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_buf",
+        "_copy",
+        "_counters",
+        "_dropping",
+        "_end_error",
+        "_episode_drops",
+        "_filters",
+        "_maxsize",
+        "_on_close",
+        "_overflow",
+        "_state",
+        "_waiter",
+        "dropped",
+    )
+
+    def __init__(
+        self,
+        filters: Any,
+        *,
+        maxsize: int,
+        overflow: Overflow,
+        copy: bool,
+        counters: Any,
+        on_close: Callable[[Stream[M]], None],
+    ) -> None:
+        self._filters = filters
+        self._maxsize = maxsize
+        self._overflow = overflow
+        self._copy = copy
+        self._counters = counters
+        self._on_close = on_close
+        self._buf: deque[M] = deque()
+        self._state = _State.OPEN
+        self._end_error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._dropping = False
+        self._episode_drops = 0
+        #: Messages this stream lost to its overflow policy.
+        self.dropped = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<Stream filters={self._filters!r} {self._state.value} "
+            f"queued={len(self._buf)} dropped={self.dropped}>"
+        )
+
+    # -- the consumer's side ---------------------------------------------------------------
+
+    def __aiter__(self) -> Stream[M]:
+        return self
+
+    async def __anext__(self) -> M:
+        buf = self._buf
+        while not buf:
+            if self._state is not _State.OPEN:
+                if self._end_error is not None:
+                    error, self._end_error = self._end_error, None
+                    raise error
+                raise StopAsyncIteration
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        return buf.popleft()
+
+    async def get(self) -> M:
+        """Return the next message, waiting for it.
+
+        Raises:
+            StreamOverflow: the stream overflowed under ``overflow="error"``.
+            EOFError: the stream has ended (closed, or the client exited).
+        """
+        try:
+            return await self.__anext__()
+        except StopAsyncIteration:
+            raise EOFError("stream has ended") from None
+
+    def get_nowait(self) -> M:
+        """Return the next buffered message, or raise IndexError when there is none."""
+        return self._buf.popleft()
+
+    @property
+    def queued(self) -> int:
+        """How many messages wait in the buffer."""
+        return len(self._buf)
+
+    @property
+    def closed(self) -> bool:
+        """True once the stream takes no more messages (closed, finished or overflowed)."""
+        return self._state is not _State.OPEN
+
+    def statistics(self) -> StreamStatistics:
+        """Return the stream's filters, queue length and drop count."""
+        return StreamStatistics(self._filters, len(self._buf), self.dropped)
+
+    async def close(self) -> None:
+        """End the stream now and discard its buffer. Idempotent.
+
+        A consumer blocked in ``async for`` ends normally.
+        """
+        self._buf.clear()
+        self._end_error = None
+        self._stop(_State.CLOSED)
+
+    aclose = close
+
+    async def __aenter__(self) -> Stream[M]:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # -- the producer's side (the client) --------------------------------------------------
+
+    def _feed(self, msg: M) -> None:
+        """Buffer ``msg`` or apply the overflow policy. Never blocks, never awaits."""
+        if self._state is not _State.OPEN:
+            return
+        buf = self._buf
+        if len(buf) >= self._maxsize:
+            if self._overflow == "drop_oldest":
+                buf.popleft()
+                self._drop()
+            elif self._overflow == "drop_newest":
+                self._drop()
+                return
+            else:
+                self._drop()
+                self._finish(
+                    StreamOverflow(
+                        f"stream {self._filters!r} overflowed: {self._maxsize} messages were buffered "
+                        "and not read; read faster, raise maxsize, or use overflow='drop_oldest'/'drop_newest'"
+                    )
+                )
+                return
+        elif self._dropping:
+            self._end_episode()
+        buf.append(_copy.deepcopy(msg) if self._copy else msg)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _finish(self, error: BaseException | None = None) -> None:
+        """Take no more messages: the consumer gets the buffer, then ``error`` or the end."""
+        if self._state is _State.OPEN:
+            self._end_error = error
+            self._stop(_State.FINISHED)
+
+    def _stop(self, state: _State) -> None:
+        if self._state is _State.OPEN:
+            self._on_close(self)
+        if self._state is not _State.CLOSED:
+            self._state = state
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        self._counters.dropped += 1
+        self._episode_drops += 1
+        if not self._dropping:
+            self._dropping = True
+            logger.warning(
+                "stream {} is full ({} messages): overflow={}, dropping messages",
+                self._filters,
+                self._maxsize,
+                self._overflow,
+            )
+
+    def _end_episode(self) -> None:
+        logger.warning(
+            "stream {} has room again after dropping {} messages ({} in all)",
+            self._filters,
+            self._episode_drops,
+            self.dropped,
+        )
+        self._dropping = False
+        self._episode_drops = 0
+
+
+class SyncHandler:
+    """A plain function called inline for each matching message; failures are logged and counted."""
+
+    __slots__ = ("_counters", "fn")
+
+    def __init__(self, fn: Callable[[Any], Any], counters: Any) -> None:
+        self.fn = fn
+        self._counters = counters
+
+    def _feed(self, msg: Any) -> None:
+        try:
+            self.fn(msg)
+        except Exception:
+            self._counters.handler_errors += 1
+            logger.opt(exception=True).error("handler {!r} failed", self.fn)
+
+
+class AsyncHandler:
+    """A coroutine function run by its own worker task, one message at a time, in order.
+
+    The worker reads from a bounded :class:`Stream`, so a slow handler drops (and
+    counts) rather than stalling the pump.
+    """
+
+    __slots__ = ("_counters", "fn", "stream", "task")
+
+    def __init__(self, fn: Callable[[Any], Awaitable[Any]], stream: Stream[Any], counters: Any) -> None:
+        self.fn = fn
+        self.stream = stream
+        self._counters = counters
+        self.task: asyncio.Task[None] | None = None
+
+    def _feed(self, msg: Any) -> None:
+        self.stream._feed(msg)
+
+    async def run(self) -> None:
+        """Call the handler for every message until the stream ends."""
+        fn = self.fn
+        async for msg in self.stream:
+            try:
+                await fn(msg)
+            except Exception:
+                self._counters.handler_errors += 1
+                logger.opt(exception=True).error("handler {!r} failed", fn)
