@@ -5,10 +5,12 @@ Nothing here awaits or does I/O, so the whole policy is tested without a loop.
 
 from __future__ import annotations
 
+import math
 import random
+import re
 from collections.abc import Callable, Iterator
-from email.utils import parsedate_to_datetime
 from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -19,6 +21,9 @@ __all__ = [
     "DEFAULT_BACKOFF_INITIAL",
     "DEFAULT_BACKOFF_JITTER",
     "DEFAULT_BACKOFF_MAX",
+    "FATAL_CLOSE_CODES",
+    "FATAL_STATUSES",
+    "MAX_RETRY_AFTER",
     "backoff_delays",
     "fatal_error",
     "retry_after",
@@ -31,6 +36,14 @@ DEFAULT_BACKOFF_JITTER = 0.5
 
 FATAL_STATUSES = frozenset({401, 403})
 FATAL_CLOSE_CODES = frozenset({1008})  # plus the application range 4000-4999
+
+# A Retry-After longer than this is taken as this: a server (or a proxy in front
+# of it) that asks for days would otherwise park the client silently for days.
+MAX_RETRY_AFTER = 3600.0
+
+# RFC 9110 delay-seconds is 1*DIGIT in ASCII; str.isdigit() also admits "²" and
+# other digits float() cannot read, and header values are decoded as Latin-1.
+_DELAY_SECONDS = re.compile(r"[0-9]+", re.ASCII)
 
 
 def backoff_delays(
@@ -86,18 +99,36 @@ def fatal_error(exc: BaseException) -> ConnectionRejected | None:
 
 
 def retry_after(exc: BaseException, *, now: datetime | None = None) -> float | None:
-    """Seconds the server asked us to wait in a ``Retry-After`` header of a refused handshake."""
+    """Seconds the server asked us to wait in a ``Retry-After`` header of a refused handshake.
+
+    Both forms of RFC 9110 are read: delay-seconds (``"120"``) and an HTTP-date
+    (``"Wed, 21 Oct 2015 07:28:00 GMT"``; a date in the past means 0). The result
+    is capped at :data:`MAX_RETRY_AFTER`. Anything else (no header, not a refused
+    handshake, a value that is neither form) gives None: the header is advice,
+    and a malformed one must never stop the client from retrying.
+
+    Args:
+        exc: What the connection attempt raised.
+        now: The current time, for tests; default: now, in UTC.
+    """
     if not isinstance(exc, InvalidStatus):
         return None
     value = exc.response.headers.get("Retry-After")
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    now = now or datetime.now(timezone.utc)
-    return max(0.0, (when - now).total_seconds())
+    if _DELAY_SECONDS.fullmatch(value):
+        # float() of a 400-digit string is inf, hence the cap before min().
+        seconds = float(value)
+    else:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:
+            # "-0000" dates parse naive; HTTP-dates are always UTC.
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
+    if not math.isfinite(seconds):
+        return MAX_RETRY_AFTER
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)

@@ -27,7 +27,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from loguru import logger
 from websockets.exceptions import ConnectionClosed
@@ -41,7 +41,7 @@ from ._backoff import (
     fatal_error,
     retry_after,
 )
-from ._dispatch import Index, compile_condition, compile_filters
+from ._dispatch import Index, Subscription, compile_condition, compile_filters
 from ._expect import Expectation
 from ._streams import (
     DEFAULT_MAXSIZE,
@@ -60,6 +60,9 @@ from .exceptions import (
     RetriesExhausted,
     Timeout,
 )
+
+if TYPE_CHECKING:
+    from .threaded import ThreadedClient
 
 __all__ = ["AsyncWsStream", "AsyncWebsocketStreamInterface"]
 
@@ -101,6 +104,8 @@ class _State(enum.Enum):
 
 
 class _Counters:
+    """The client's running totals; streams and handlers share it to count drops and errors."""
+
     __slots__ = (
         "connects",
         "dropped",
@@ -115,8 +120,16 @@ class _Counters:
     )
 
     def __init__(self) -> None:
-        for name in self.__slots__:
-            setattr(self, name, 0)
+        self.connects = 0
+        self.reconnects = 0
+        self.recycles = 0
+        self.retries = 0
+        self.frames = 0
+        self.skipped = 0  # frames parsed to None
+        self.parse_errors = 0
+        self.handler_errors = 0
+        self.predicate_errors = 0
+        self.dropped = 0
 
 
 class _Connection:
@@ -294,8 +307,8 @@ class AsyncWsStream(abc.ABC, Generic[M]):
         self._state = _State.NEW
         self._counters = _Counters()
         self._index: Index[Any] = Index(on_error=self._predicate_failed)
-        self._streams: dict[Stream[M], object] = {}
-        self._handlers: list[tuple[Callable[[M], Any], SyncHandler | AsyncHandler, object]] = []
+        self._streams: dict[Stream[M], Subscription[Any]] = {}
+        self._handlers: list[tuple[Callable[[M], Any], SyncHandler | AsyncHandler, Subscription[Any]]] = []
         self._expectations: set[Expectation[M]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._gate = _Gate()
@@ -344,8 +357,11 @@ class AsyncWsStream(abc.ABC, Generic[M]):
 
         Return the error to end the client with, or None to retry. By default a
         handshake answered 401/403 and a close code 1008 or 4000-4999 are fatal.
-        Override to change that; ``exc`` is what ``_create_ws`` raised or what ended
-        the connection (a ``websockets`` ``ConnectionClosed``).
+        Override to change that; ``exc`` is what opening a connection raised
+        (``_create_ws`` or ``_on_connect``, for a reconnect or for a recycle's new
+        connection alike) or what ended the connection (a ``websockets``
+        ``ConnectionClosed``). The returned error is what streams end with and
+        what ``send``/``request``/``wait_connected`` raise from then on.
         """
         return fatal_error(exc)
 
@@ -383,6 +399,14 @@ class AsyncWsStream(abc.ABC, Generic[M]):
         ``request``/``expect`` calls fail with :exc:`ClientClosed`; later calls
         to ``send``/``request``/``stream_filter`` raise it. When it returns, no
         task of the client is left running.
+
+        It takes about a second at most: the server gets ``EXIT_GRACE`` (1 s) to
+        answer the close frame before the socket is aborted, and async handlers
+        get as long to finish what they hold before they are cancelled. An async
+        handler that calls it gets it back, and its task ends after that call
+        (the rest of its buffer is discarded). A hook of the supervisor
+        (``_on_connect``, an async ``_parse_raw_data``) that calls it is
+        cancelled instead: the supervisor it runs in is being stopped.
         """
         caller = asyncio.current_task()
         self._exiting.add(caller)
@@ -398,19 +422,38 @@ class AsyncWsStream(abc.ABC, Generic[M]):
             await asyncio.shield(self._shutdown)
         finally:
             self._exiting.discard(caller)
+        if caller not in self._tasks:
+            # An async handler that called exit() is still finishing the call it
+            # made it from (its backlog was discarded); a caller from outside the
+            # library waits for that too, so that nothing of ours outlives exit().
+            # Library tasks skip this: two handlers must not wait for each other.
+            rest = list(self._tasks)
+            if rest:
+                _, late = await asyncio.wait(rest, timeout=EXIT_GRACE)
+                for task in late:
+                    task.cancel()
+                if late:
+                    await asyncio.wait(late)
 
     async def _close_all(self) -> None:
-        if self._supervisor is not None:
-            self._supervisor.cancel()
+        supervisor = self._supervisor
+        if supervisor is not None:
+            supervisor.cancel()
         self._end_consumers(None, lambda: ClientClosed("the client has exited"))
+        for _, handler, _ in self._handlers:
+            if isinstance(handler, AsyncHandler) and handler.task in self._exiting:
+                # It asked for the end: it ends right after the call it is in.
+                await handler.stream.close()
         # A handler that called exit() waits for us; we must not wait for it.
-        workers = [t for t in self._tasks if t is not self._supervisor and t not in self._exiting]
+        workers = [t for t in self._tasks if t is not supervisor and t not in self._exiting]
         if workers:
             # Async handlers may finish what they already hold, briefly.
             _, late = await asyncio.wait(workers, timeout=EXIT_GRACE)
             for task in late:
                 task.cancel()
-        pending = [t for t in self._tasks if t not in self._exiting]
+        # The supervisor is awaited even when a hook of its own called exit(): it
+        # was cancelled above, so that exit() call raises instead of waiting for us.
+        pending = [t for t in self._tasks if t is supervisor or t not in self._exiting]
         if pending:
             await asyncio.wait(pending)
         logger.info("{} exited", type(self).__name__)
@@ -430,6 +473,7 @@ class AsyncWsStream(abc.ABC, Generic[M]):
 
     async def _supervise(self) -> None:
         conn: _Connection | None = None
+        error: BaseException | None = None
         try:
             conn = await self._connect(None)
             while True:
@@ -447,14 +491,18 @@ class AsyncWsStream(abc.ABC, Generic[M]):
                 conn = await self._connect(cause)
                 self._counters.reconnects += 1
         except AsyncWsStreamError as exc:
-            self._give_up(exc)
+            error = exc
         except Exception as exc:  # the supervisor boundary: a bug of ours, never silent
             logger.opt(exception=True).error("supervisor failed")
-            self._give_up(exc)
+            error = exc
         finally:
             if conn is not None:
                 self._gate.shut()
                 await self._retire(conn)
+        # Announced only now, so that whoever sees the error finds the connection
+        # closed and nothing of ours still running.
+        if error is not None:
+            self._give_up(error)
 
     async def _connect(self, cause: BaseException | None) -> _Connection:
         """Open a connection, retrying with backoff; ``cause`` is why we are (re)connecting."""
@@ -503,6 +551,13 @@ class AsyncWsStream(abc.ABC, Generic[M]):
                     watchdog.cancel()
                 if conn.successor is None:
                     recycler.cancel()
+        except BaseExceptionGroup as group:
+            # The recycler raises on purpose only to end the client (a fatal refusal of
+            # the successor); the supervisor takes that like any other fatal error.
+            errors = group.exceptions
+            if len(errors) == 1 and isinstance(errors[0], AsyncWsStreamError):
+                raise errors[0] from errors[0].__cause__
+            raise
         finally:
             if self._conn is conn:
                 self._conn = None
@@ -524,7 +579,7 @@ class AsyncWsStream(abc.ABC, Generic[M]):
                 conn.last_frame = clock()
                 counters.frames += 1
                 try:
-                    msg = (await parse(raw)) if parse_is_async else parse(raw)
+                    msg = (await parse(raw)) if parse_is_async else parse(raw)  # type: ignore[misc]
                 except Exception as exc:
                     self._parse_failed(raw, exc)
                     continue
@@ -555,7 +610,11 @@ class AsyncWsStream(abc.ABC, Generic[M]):
                 successor = await self._open()
                 break
             except Exception as exc:
-                delay = next(delays)
+                if (fatal := self._is_fatal(exc)) is not None:
+                    # Refused for good (401/403, close 1008/4xxx): retrying cannot help, and
+                    # the old connection would be refused the same way once it ends.
+                    raise fatal from exc
+                delay = max(next(delays), retry_after(exc) or 0.0)
                 logger.warning(
                     "recycle of connection #{}: new connection failed ({}); connection #{} keeps serving, "
                     "retry in {:.2f}s",
@@ -572,8 +631,11 @@ class AsyncWsStream(abc.ABC, Generic[M]):
     async def _watch(self, conn: _Connection) -> None:
         """Treat the connection as dead after ``idle_timeout`` seconds without a data frame."""
         assert self._idle_timeout is not None
+        # A successor waits unread while its predecessor drains; its silence counts
+        # from when it is served, not from when it was opened.
+        served_at = time.monotonic()
         while True:
-            remaining = conn.last_frame + self._idle_timeout - time.monotonic()
+            remaining = max(conn.last_frame, served_at) + self._idle_timeout - time.monotonic()
             if remaining <= 0:
                 logger.warning(
                     "connection #{}: no data frame for {}s (idle_timeout); reconnecting",
@@ -585,10 +647,14 @@ class AsyncWsStream(abc.ABC, Generic[M]):
 
     async def _retire(self, conn: _Connection) -> None:
         """Close what the supervisor still holds when it stops."""
-        for c in (conn, conn.successor):
-            if c is not None:
-                await _close(c.ws, EXIT_GRACE)
-                self._fail_pending(c)
+        held = [c for c in (conn, conn.successor) if c is not None]
+        for c in held:
+            self._fail_pending(c)
+        # Together, so that a stop mid-recycle costs one close grace, not two.
+        results = await asyncio.gather(*(_close(c.ws, EXIT_GRACE) for c in held), return_exceptions=True)
+        for c, result in zip(held, results):
+            if isinstance(result, Exception):
+                logger.opt(exception=result).warning("closing connection #{} failed", c.number)
 
     def _fail_pending(self, conn: _Connection) -> None:
         for expectation in list(conn.pending):
@@ -796,30 +862,56 @@ class AsyncWsStream(abc.ABC, Generic[M]):
         """Send ``msg`` with a fresh id and return the first message carrying that id back.
 
         The caller's dict is never changed: a copy goes out with ``id_key``
-        (default: the class's ``request_id_key``) set, unless ``msg`` already has one.
-        The reply also reaches every stream and handler it matches. A request that
-        is waiting for a connection goes out on the next one.
+        (default: the class's ``request_id_key``) set to the next number of this
+        client's counter (1, 2, 3, ...), unless ``msg`` already has a non-None
+        value there, which is then used as it is. The reply is not interpreted: an
+        error reply is returned like any other. It also reaches every stream and
+        handler it matches, as the same object.
+
+        A request made while there is no connection waits for one and goes out on
+        the next. One whose connection is lost before its reply fails at once
+        with :exc:`ConnectionLost`, not at its timeout; during a recycle, a
+        request in flight on the old connection still gets its reply if it arrives
+        before that connection's close completes.
+
+        Args:
+            msg: A mapping, serialised by :meth:`_serialize`.
+            timeout: Seconds for the whole call, including the wait for a
+                connection; None waits forever.
+            id_key: The key that carries the id, in the request and in its reply.
 
         Raises:
-            ConnectionLost: the connection it went out on closed before the reply.
-            Timeout: no reply within ``timeout`` seconds (counted from the call).
+            ConnectionLost: the connection it went out on closed before the reply
+                (the server may or may not have processed it).
+            Timeout: no reply within ``timeout`` seconds (also a ``TimeoutError``).
             ClientClosed: after :meth:`exit`.
+            RetriesExhausted, ConnectionRejected: the client gave up.
+            TypeError, ValueError: a bad argument, named in the message.
 
-        Cancelling it is safe: the pending reply is forgotten at once.
+        Cancelling it is safe: its expectation is unregistered at once.
         """
         key = self.request_id_key if id_key is None else id_key
         if not isinstance(msg, Mapping):
             raise TypeError(f"request: msg must be a dict, got {type(msg).__name__} {msg!r:.60}")
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"request: id_key must be a non-empty str, got {type(key).__name__} {key!r:.60}")
+        if timeout is not None:
+            _check_number("request", "timeout", timeout)
         if msg.get(key) is None:
             rid: Any = next(self._request_ids)
             out: Any = {**msg, key: rid}
         else:
             rid, out = msg[key], msg
+        # Serialised up front, so that an unserialisable message fails here, not
+        # after it waited for a connection.
         data = self._serialize(out)
+        conn: _Connection | None = None
         expectation: Expectation[M] | None = None
         try:
             async with asyncio.timeout(timeout):
                 conn = await self._wait_conn(None, "request")
+                # Registered before the send, so that no reply can slip past it;
+                # filed on the connection, so that losing it fails the request at once.
                 expectation = self._expect(compile_condition({key: rid}), (), None)
                 expectation.connection = conn
                 conn.pending.add(expectation)
@@ -828,7 +920,8 @@ class AsyncWsStream(abc.ABC, Generic[M]):
         except TimeoutError as exc:
             if isinstance(exc, Timeout):
                 raise
-            raise Timeout(f"request {key}={rid!r}: no reply within {timeout}s") from exc
+            waited = "no connection" if conn is None else "no reply"
+            raise Timeout(f"request {key}={rid!r}: {waited} within {timeout}s") from exc
         finally:
             if expectation is not None:
                 expectation.cancel()
@@ -842,32 +935,69 @@ class AsyncWsStream(abc.ABC, Generic[M]):
     ) -> Expectation[M]:
         """Register now, and return an awaitable resolved by the first later message matching ``until``.
 
-        A condition is a filter dict, a callable ``msg -> bool``, or a list of
-        these (any one matches). Awaiting raises :exc:`Alarm` if a message matches
-        one of ``alarms`` first (a message matching both is an alarm), and
-        :exc:`Timeout` after ``timeout`` seconds from this call.
+        Registration happens in this call, before anything is awaited, so a
+        message dispatched right after it counts even if the caller sends
+        something first and awaits later (``exp = client.expect(...); await
+        client.send(...); await exp``). Messages dispatched before the call never
+        count.
+
+        A condition is a filter dict (with the path and predicate extensions of
+        :meth:`stream_filter`), a callable ``msg -> bool``, or a list of these
+        (any one matches). A predicate that raises counts as no match, and is
+        logged and counted in ``stats()["predicate_errors"]``.
+
+        Args:
+            until: The condition that resolves the expectation with its message.
+            alarms: Conditions that fail it with :exc:`Alarm` instead; a message
+                matching both ``until`` and an alarm is an alarm. None or ``[]``: none.
+            timeout: Seconds from this call; None waits forever.
+
+        Returns:
+            An :class:`Expectation`: await it for the message; ``cancel()`` it, or
+            cancel the task awaiting it, to unregister it at once.
+
+        Raises:
+            TypeError, ValueError: a malformed condition or timeout (at the call).
+            ClientClosed: after :meth:`exit` (at the call, or when awaited if
+                :meth:`exit` comes first).
+            Alarm: when awaited, a message matched an alarm (``.message``, ``.condition``).
+            Timeout: when awaited, nothing matched within ``timeout`` (also a ``TimeoutError``).
+            RetriesExhausted, ConnectionRejected: when awaited, the client gave up.
         """
         until_clauses = compile_condition(until, argname="expect: until")
-        alarm_clauses = () if alarms is None else compile_condition(alarms, argname="expect: alarms")
+        alarm_clauses = () if alarms is None or (isinstance(alarms, (list, tuple)) and not alarms) \
+            else compile_condition(alarms, argname="expect: alarms")
+        if timeout is not None:
+            _check_number("expect", "timeout", timeout)
         self._check_open("expect")
         return self._expect(until_clauses, alarm_clauses, timeout)
 
     def _expect(self, until: Any, alarms: Any, timeout: float | None) -> Expectation[M]:
-        expectation: Expectation[M] = Expectation(until, alarms, self._forget_expectation)
+        expectation: Expectation[M] = Expectation(
+            until, alarms, self._forget_expectation, on_error=self._predicate_failed
+        )
         expectation.subscription = self._index.add(until + alarms, expectation)
         self._expectations.add(expectation)
-        if timeout is not None:
+        if self._state is _State.FAILED and self._gate.error is not None:
+            # The client gave up: no message will ever come, so say why now.
+            expectation.fail(self._gate.error())
+        elif timeout is not None:
             expectation.fail_after(timeout, lambda: Timeout(f"expect: no matching message within {timeout}s"))
         return expectation
 
     def _forget_expectation(self, expectation: Expectation[Any]) -> None:
+        # Called by the expectation itself, synchronously, the moment it settles.
         self._expectations.discard(expectation)
         self._index.remove(expectation.subscription)
         if expectation.connection is not None:
             expectation.connection.pending.discard(expectation)
 
     async def wait_for(self, until: Any, *, alarms: Any = None, timeout: float | None = None) -> M:
-        """``await expect(until, alarms=..., timeout=...)`` in one call."""
+        """Wait for the first later message matching ``until``: ``await expect(...)`` in one call.
+
+        Registers at the call, like :meth:`expect`, whose arguments and errors it
+        shares. Cancelling it is safe: the expectation is unregistered at once.
+        """
         return await self.expect(until, alarms=alarms, timeout=timeout)
 
     async def poll(
@@ -882,38 +1012,73 @@ class AsyncWsStream(abc.ABC, Generic[M]):
     ) -> M:
         """Send ``msg`` as a request every ``interval`` seconds until its reply matches ``until``.
 
-        Each try is a fresh request that waits up to ``interval`` for its reply; a
-        timeout or a :exc:`ConnectionLost` counts as a try and polling goes on
-        (across reconnects).
+        Each try is a fresh :meth:`request` with a fresh id (an id in ``msg`` is
+        replaced, so that a late reply to one try is never taken for another's);
+        only its reply is checked, against ``alarms`` first and then ``until``.
+        Each try waits up to ``interval`` seconds for its reply, including any wait
+        for a connection, and tries start ``interval`` seconds apart. A try that
+        times out or loses its connection (:exc:`ConnectionLost`) counts as a try,
+        and polling goes on, across reconnects.
+
+        Args:
+            msg: The request, as for :meth:`request`; the caller's dict is never changed.
+            until: Condition (as for :meth:`expect`) a reply must match to end the poll.
+            alarms: Conditions that end it with :exc:`Alarm`; None or ``[]``: none.
+            interval: Seconds between the starts of two tries.
+            max_retries: How many requests to send at most.
+            id_key: The id key, as for :meth:`request`.
+
+        Returns:
+            The first reply matching ``until``.
 
         Raises:
-            Alarm: a reply matched one of ``alarms``.
-            RetriesExhausted: ``max_retries`` sends went by without a match.
+            Alarm: a reply matched one of ``alarms`` (``.message`` is the reply).
+            RetriesExhausted: ``max_retries`` tries went by without a match; the
+                last try's ``Timeout`` or ``ConnectionLost``, if it failed, is
+                chained as ``__cause__``. Also when the client gave up reconnecting.
+            ClientClosed: after :meth:`exit`.
+            ConnectionRejected: the server refused the client for good.
+            TypeError, ValueError: a bad argument, named in the message.
+
+        Cancelling it is safe: the try in flight is forgotten at once.
         """
+        if not isinstance(msg, Mapping):
+            raise TypeError(f"poll: msg must be a dict, got {type(msg).__name__} {msg!r:.60}")
         until_clauses = compile_condition(until, argname="poll: until")
-        alarm_clauses = () if alarms is None else compile_condition(alarms, argname="poll: alarms")
+        alarm_clauses = () if alarms is None or (isinstance(alarms, (list, tuple)) and not alarms) \
+            else compile_condition(alarms, argname="poll: alarms")
         _check_number("poll", "interval", interval, positive=True)
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 1:
             raise ValueError(f"poll: max_retries must be an int >= 1, got {max_retries!r}")
+        key = self.request_id_key if id_key is None else id_key
+        # A None id makes request() draw a fresh one for every try.
+        fresh = {**msg, key: None}
+        on_error = self._predicate_failed
         loop = asyncio.get_running_loop()
         last: BaseException | None = None
-        for _ in range(max_retries):
+        for attempt in range(1, max_retries + 1):
             started = loop.time()
             try:
-                reply = await self.request(msg, timeout=interval, id_key=id_key)
+                reply = await self.request(fresh, timeout=interval, id_key=key)
             except (Timeout, ConnectionLost) as exc:
                 last = exc
+                logger.debug("poll: try {} of {} failed: {}", attempt, max_retries, describe(exc))
             else:
                 for clause in alarm_clauses:
-                    if clause.matches(reply):
+                    if clause.matches(reply, on_error):
                         raise Alarm(reply, clause.source)
-                if any(clause.matches(reply) for clause in until_clauses):
+                if any(clause.matches(reply, on_error) for clause in until_clauses):
                     return reply
                 last = None
-            rest = started + interval - loop.time()
-            if rest > 0:
-                await asyncio.sleep(rest)
-        raise RetriesExhausted(f"poll: no reply matched {until!r} in {max_retries} tries") from last
+            if attempt < max_retries:
+                rest = started + interval - loop.time()
+                if rest > 0:
+                    await asyncio.sleep(rest)
+        outcome = "a reply that did not match" if last is None else describe(last)
+        raise RetriesExhausted(
+            f"poll: no reply matched until={until!r:.80} in {max_retries} tries (last try: {outcome}); "
+            "raise max_retries or interval, or check the condition"
+        ) from last
 
     # -- state -----------------------------------------------------------------------------
 
@@ -922,7 +1087,8 @@ class AsyncWsStream(abc.ABC, Generic[M]):
 
         Keys: ``connects``, ``reconnects``, ``recycles``, ``retries``, ``frames``,
         ``messages``, ``parse_errors``, ``skipped`` (frames parsed to None),
-        ``handler_errors``, ``predicate_errors``, ``dropped`` (by every stream and
+        ``handler_errors``, ``predicate_errors``, ``pending`` (``expect``/``wait_for``/
+        ``request``/``poll`` waits not yet settled), ``dropped`` (by every stream and
         handler, closed ones included), ``last_frame_age`` (seconds, or None with no
         connection), ``connected``, ``state`` and ``streams`` (a list of
         ``{"filters", "queued", "dropped"}``).
@@ -942,12 +1108,31 @@ class AsyncWsStream(abc.ABC, Generic[M]):
             "skipped": c.skipped,
             "handler_errors": c.handler_errors,
             "predicate_errors": c.predicate_errors,
+            "pending": len(self._expectations),
             "dropped": c.dropped,
             "last_frame_age": None if conn is None else time.monotonic() - conn.last_frame,
             "streams": [
                 {"filters": s._filters, "queued": s.queued, "dropped": s.dropped} for s in self._streams
             ],
         }
+
+    @classmethod
+    def start_in_thread(cls, *args: Any, **kwargs: Any) -> ThreadedClient[M]:
+        """Build ``cls(*args, **kwargs)`` in a new event-loop thread; return a blocking handle.
+
+        The client is constructed inside the thread's running loop, so it starts at
+        once (it does not wait for a connection: call ``handle.wait_connected()``).
+        The handle's ``stream_filter`` gives blocking iterators, and its ``send``,
+        ``request``, ``wait_for``, ``stats`` and ``exit`` are plain calls, safe from
+        any thread; see :class:`~async_ws_stream.threaded.ThreadedClient`.
+
+        Raises:
+            ValueError, TypeError: the constructor rejected an option (the thread is
+                gone when this raises).
+        """
+        from .threaded import ThreadedClient  # imported here: threaded.py builds on this module
+
+        return ThreadedClient._start(lambda: cls(*args, **kwargs))
 
     def _check_open(self, what: str) -> None:
         if self._state is _State.CLOSED:

@@ -414,6 +414,15 @@ class FeedServer:
         """Whether some connection is stalled (see :meth:`stall`)."""
         return bool(self._stalled)
 
+    @property
+    def pending_faults(self) -> int:
+        """Handshake faults queued by ``refuse_next``, ``drop_next`` and ``delay_next_handshakes``, not yet used.
+
+        ``await server.wait_until(lambda: server.pending_faults == 0)`` waits
+        until the client has run into every one of them.
+        """
+        return len(self._refusals) + len(self._delays) + self._drops_pending
+
     # Synchronisation
 
     async def wait_until(self, predicate: Callable[[], bool], *, timeout: float | None = DEFAULT_WAIT_TIMEOUT) -> None:
@@ -613,13 +622,11 @@ class FeedServer:
                 continue
             self._stalled.add(conn)
             conn.transport.pause_reading()
-            task = conn.keepalive_task
-            if task is not None:
-                # Cancelled rather than left to time out: a stalled server sends
-                # nothing, and a pong timeout would close the connection itself.
-                # unstall() starts a new one.
-                task.cancel()
-                conn.keepalive_task = None
+            if conn.keepalive_task is not None:
+                # Cancelled rather than left running: a stalled server sends
+                # nothing, and the unanswerable pong would time out and close
+                # the connection. unstall() starts a new one.
+                conn.keepalive_task.cancel()
 
     def unstall(self) -> None:
         """Resume every stalled connection: frames that waited are read and answered.

@@ -1,0 +1,230 @@
+"""The pure retry policy: delay formula, jitter bounds, reset, fatal classification, Retry-After."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK, InvalidHeaderValue, InvalidStatus
+from websockets.frames import Close
+from websockets.http11 import Response
+
+from async_ws_stream import ConnectionRejected
+from async_ws_stream._backoff import (
+    DEFAULT_BACKOFF_FACTOR,
+    DEFAULT_BACKOFF_INITIAL,
+    DEFAULT_BACKOFF_JITTER,
+    DEFAULT_BACKOFF_MAX,
+    MAX_RETRY_AFTER,
+    backoff_delays,
+    fatal_error,
+    retry_after,
+)
+
+NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
+
+
+def refused(status: int, **headers: str) -> InvalidStatus:
+    """What websockets raises for a handshake answered with ``status``."""
+    return InvalidStatus(Response(status, "refused", Headers(headers), b""))
+
+
+def closed(code: int, reason: str = "") -> ConnectionClosedError:
+    """What recv() raises after the server closed with ``code``."""
+    return ConnectionClosedError(Close(code, reason), Close(code, reason), True)
+
+
+def first(n: int, delays: object) -> list[float]:
+    return list(itertools.islice(delays, n))  # type: ignore[call-overload]
+
+
+# -- the delay formula ----------------------------------------------------------------------
+
+
+def test_first_retry_is_immediate() -> None:
+    """The first delay is 0 whatever the options."""
+    assert next(backoff_delays(60, 3, 600, 0.5)) == 0.0
+
+
+def test_delays_follow_the_documented_formula_without_jitter() -> None:
+    """Retry n >= 2 waits min(max, initial * factor ** (n - 2)) with jitter 0."""
+    assert first(7, backoff_delays(0.5, 2.0, 5.0, 0.0)) == [0.0, 0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
+
+
+def test_jitter_scales_each_delay_by_one_minus_jitter_times_u() -> None:
+    """delay = base * (1 - jitter * U) with U the injected random number."""
+    u = iter([0.0, 0.5, 0.999])
+    delays = first(4, backoff_delays(1.0, 2.0, 100.0, 0.5, random=lambda: next(u)))
+    assert delays == [0.0, 1.0, 2.0 * 0.75, pytest.approx(4.0 * (1 - 0.5 * 0.999))]
+
+
+def test_defaults_are_the_documented_ones() -> None:
+    """The defaults the README lists: 0.5, 2.0, 30.0, 0.5."""
+    assert (DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_FACTOR, DEFAULT_BACKOFF_MAX, DEFAULT_BACKOFF_JITTER) == (
+        0.5, 2.0, 30.0, 0.5,
+    )
+
+
+def test_initial_zero_turns_backoff_off() -> None:
+    """initial=0 gives zero delays forever (the testing switch)."""
+    assert first(50, backoff_delays(0.0, 2.0, 30.0, 0.5)) == [0.0] * 50
+
+
+def test_factor_one_gives_a_constant_delay() -> None:
+    """factor=1 retries at a fixed interval after the immediate first retry."""
+    assert first(5, backoff_delays(0.3, 1.0, 30.0, 0.0)) == [0.0, 0.3, 0.3, 0.3, 0.3]
+
+
+def test_a_fresh_generator_starts_over() -> None:
+    """Reset is a new generator: it starts again at the immediate retry and the initial delay."""
+    worn = backoff_delays(0.1, 2.0, 10.0, 0.0)
+    first(20, worn)
+    assert next(worn) == 10.0
+    assert first(3, backoff_delays(0.1, 2.0, 10.0, 0.0)) == [0.0, 0.1, 0.2]
+
+
+def test_delays_never_overflow_after_many_retries() -> None:
+    """Thousands of retries stay at the maximum instead of overflowing to inf or raising."""
+    delays = backoff_delays(0.5, 10.0, 30.0, 0.0)
+    assert first(5000, delays)[-1] == 30.0
+
+
+@given(
+    initial=st.floats(0, 100),
+    factor=st.floats(1, 10),
+    maximum=st.floats(0, 1000),
+    jitter=st.floats(0, 1),
+    us=st.lists(st.floats(0, 1, exclude_max=True), min_size=1, max_size=30),
+)
+def test_jitter_only_shortens_and_max_is_a_true_bound(
+    initial: float, factor: float, maximum: float, jitter: float, us: list[float]
+) -> None:
+    """Every delay lies in [base * (1 - jitter), base] with base <= maximum, and bases never shrink."""
+    u = iter(us)
+    delays = first(len(us) + 1, backoff_delays(initial, factor, maximum, jitter, random=lambda: next(u)))
+    assert delays[0] == 0.0
+    base = initial
+    previous_base = 0.0
+    for delay in delays[1:]:
+        bounded = min(base, maximum)
+        assert bounded * (1 - jitter) - 1e-9 <= delay <= bounded + 1e-9
+        assert delay <= maximum + 1e-9
+        assert bounded >= previous_base
+        previous_base = bounded
+        base = min(base * factor, maximum)
+
+
+# -- fatal or retryable ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_auth_refusals_are_fatal_and_name_the_status(status: int) -> None:
+    """HTTP 401/403 end the client with ConnectionRejected carrying the status."""
+    error = fatal_error(refused(status))
+    assert isinstance(error, ConnectionRejected)
+    assert error.status == status and error.close_code is None
+    assert f"HTTP {status}" in str(error)
+
+
+@pytest.mark.parametrize("status", [400, 404, 429, 500, 502, 503, 504])
+def test_other_statuses_are_retried(status: int) -> None:
+    """Every other refused handshake (4xx, 429, 5xx) is retried."""
+    assert fatal_error(refused(status)) is None
+
+
+@pytest.mark.parametrize("code", [1008, 4000, 4001, 4999])
+def test_policy_and_application_close_codes_are_fatal(code: int) -> None:
+    """Close 1008 and 4000-4999 end the client with ConnectionRejected carrying the code and reason."""
+    error = fatal_error(closed(code, "banned"))
+    assert isinstance(error, ConnectionRejected)
+    assert error.close_code == code and error.status is None
+    assert str(code) in str(error) and "banned" in str(error)
+
+
+@pytest.mark.parametrize("code", [1000, 1001, 1006, 1009, 1011, 1012, 1013, 3000, 3999])
+def test_other_close_codes_are_retried(code: int) -> None:
+    """Normal, going-away, internal-error, restart, try-later and 3xxx closes are retried."""
+    assert fatal_error(closed(code)) is None
+
+
+def test_close_without_a_received_frame_is_retried() -> None:
+    """An abrupt drop (no close frame received) is retried."""
+    assert fatal_error(ConnectionClosedError(None, None)) is None
+
+
+def test_clean_close_is_classified_by_its_code_too() -> None:
+    """A ConnectionClosedOK carrying 4001 is as fatal as an error close."""
+    assert fatal_error(ConnectionClosedOK(Close(4001, ""), Close(4001, ""), True)) is not None
+
+
+@pytest.mark.parametrize("exc", [OSError("unreachable"), TimeoutError(), ConnectionResetError(), ValueError("x")])
+def test_network_and_other_errors_are_retried(exc: BaseException) -> None:
+    """Anything that is not a refused handshake or a close frame is retried."""
+    assert fatal_error(exc) is None
+
+
+# -- Retry-After ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("0", 0.0), ("7", 7.0), (" 12 ", 12.0), ("0030", 30.0)])
+def test_retry_after_delay_seconds(value: str, seconds: float) -> None:
+    """The delay-seconds form is read as seconds."""
+    assert retry_after(refused(429, **{"Retry-After": value})) == seconds
+
+
+def test_retry_after_http_date_in_the_future() -> None:
+    """An HTTP-date is read relative to now."""
+    header = "Wed, 01 May 2024 12:00:42 GMT"
+    assert retry_after(refused(503, **{"Retry-After": header}), now=NOW) == 42.0
+
+
+def test_retry_after_http_date_in_the_past_means_now() -> None:
+    """A date already past asks for no wait, never a negative one."""
+    header = "Wed, 01 May 2024 11:00:00 GMT"
+    assert retry_after(refused(503, **{"Retry-After": header}), now=NOW) == 0.0
+
+
+def test_retry_after_date_without_a_zone_is_utc() -> None:
+    """A '-0000' date (parsed without a zone) counts as UTC instead of raising TypeError."""
+    header = "Wed, 01 May 2024 12:00:05 -0000"
+    assert retry_after(refused(503, **{"Retry-After": header}), now=NOW) == 5.0
+
+
+@pytest.mark.parametrize("value", ["9" * 400, "86400000"])
+def test_retry_after_is_capped(value: str) -> None:
+    """An absurd Retry-After (even one float() reads as inf) is capped at MAX_RETRY_AFTER."""
+    assert retry_after(refused(429, **{"Retry-After": value})) == MAX_RETRY_AFTER
+
+
+def test_retry_after_far_future_date_is_capped() -> None:
+    """A date years ahead is capped too."""
+    header = (NOW + timedelta(days=4000)).strftime("%a, %d %b %Y %H:%M:%S GMT")
+    assert retry_after(refused(503, **{"Retry-After": header}), now=NOW) == MAX_RETRY_AFTER
+
+
+@pytest.mark.parametrize("value", ["", "soon", "1.5", "-3", "+3", "\xb2", "1e3", "Wed, 99 Foo 2024", "0x10"])
+def test_malformed_retry_after_is_ignored(value: str) -> None:
+    """A value in neither RFC form gives None instead of raising (the client then just backs off)."""
+    assert retry_after(refused(429, **{"Retry-After": value})) is None
+
+
+def test_retry_after_only_applies_to_refused_handshakes() -> None:
+    """No header, or not a refused handshake: None."""
+    assert retry_after(refused(503)) is None
+    assert retry_after(OSError("x")) is None
+    assert retry_after(closed(1013)) is None
+
+
+@given(st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=40))
+def test_retry_after_never_raises_on_any_header_value(value: str) -> None:
+    """Whatever a server puts in the header, the result is None or seconds in [0, MAX_RETRY_AFTER]."""
+    try:
+        exc = refused(429, **{"Retry-After": value})
+    except InvalidHeaderValue:
+        assume(False)  # websockets would have refused this response before we saw it
+    result = retry_after(exc, now=NOW)
+    assert result is None or 0.0 <= result <= MAX_RETRY_AFTER
