@@ -23,6 +23,7 @@ from .exceptions import (
     StreamOverflow,
     Timeout,
 )
+from .threaded import BlockingStream, ThreadedClient
 
 __version__ = "0.1.0"
 
@@ -31,6 +32,7 @@ __all__ = [
     "AsyncWebsocketStreamInterface",
     "AsyncWsStream",
     "AsyncWsStreamError",
+    "BlockingStream",
     "ClientClosed",
     "ConnectionLost",
     "ConnectionRejected",
@@ -38,6 +40,7 @@ __all__ = [
     "RetriesExhausted",
     "Stream",
     "StreamOverflow",
+    "ThreadedClient",
     "Timeout",
     "__version__",
 ]

@@ -1,0 +1,183 @@
+"""``python -m async_ws_stream connect URL``: a reconnecting websocket client for the terminal.
+
+stdout carries only the matching messages, one compact JSON document a line,
+flushed as they arrive, so ``| jq`` and ``| head`` work; logs (``-v``), the
+``--stats`` summary and errors go to stderr.
+
+Exit codes: 0 after ``--count`` messages, or when the reader of stdout goes away
+(``| head``); 1 when the client gives up (``--max-retries`` ran out, or the server
+refused us for good) or a stream overflowed; 2 for a bad argument (argparse);
+130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from loguru import logger
+from websockets.asyncio.client import ClientConnection, connect
+
+from ._client import AsyncWsStream, describe
+from ._streams import Stream
+from .exceptions import AsyncWsStreamError
+
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "CliClient",
+    "ConnectOptions",
+    "detach_stdout",
+    "parse_json",
+    "parse_json_object",
+    "run_connect",
+]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
+
+# Bounds the handshake of each attempt; a hung handshake is a failed attempt, retried with backoff.
+OPEN_TIMEOUT = 10.0
+CLOSE_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True)
+class ConnectOptions:
+    """What ``connect`` was asked to do, validated by the argument parser."""
+
+    url: str
+    filters: list[Mapping[Any, Any]] = field(default_factory=list)  # OR-ed; [] matches everything
+    sends: list[str] = field(default_factory=list)  # JSON texts, sent as given on every connection
+    count: int | None = None
+    idle_timeout: float | None = None
+    recycle_every: float | None = None
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    max_retries: int | None = None
+    stats: bool = False
+    verbose: int = 0
+
+
+class CliClient(AsyncWsStream[Any]):
+    """The client behind ``connect``: JSON frames, ``--send`` on every connection, optional recycling."""
+
+    def __init__(self, options: ConnectOptions) -> None:
+        super().__init__(idle_timeout=options.idle_timeout, max_retries=options.max_retries)
+        self.options = options
+
+    async def _create_ws(self) -> ClientConnection:
+        return await connect(
+            self.options.url,
+            additional_headers=self.options.headers,
+            open_timeout=OPEN_TIMEOUT,
+            close_timeout=CLOSE_TIMEOUT,
+        )
+
+    async def _on_connect(self, ws: Any) -> None:
+        for text in self.options.sends:
+            await ws.send(text)
+
+    async def _when2create_new_ws(self) -> None:
+        if self.options.recycle_every is None:
+            await asyncio.Event().wait()  # never: this connection serves until it is lost
+        else:
+            await asyncio.sleep(self.options.recycle_every)
+
+    def _parse_raw_data(self, raw: str | bytes) -> Any:
+        return json.loads(raw)
+
+
+def run_connect(options: ConnectOptions) -> int:
+    """Run ``connect`` until ``--count`` messages, a fatal error, Ctrl-C or a closed stdout; return the exit code."""
+    _configure_logging(options.verbose)
+    try:
+        return asyncio.run(_connect(options, sys.stdout.buffer, sys.stderr))
+    except KeyboardInterrupt:
+        # asyncio.run turned the first Ctrl-C into a cancellation, so the client has
+        # already closed its connection with a close frame.
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        detach_stdout()
+        return EXIT_OK
+
+
+async def _connect(options: ConnectOptions, out: IO[bytes], err: IO[str]) -> int:
+    client = CliClient(options)
+    printed = 0
+    try:
+        async with client:
+            async with client.stream_filter(options.filters or None) as stream:
+                printed = await _print_messages(stream, out, options.count)
+        return EXIT_OK
+    except AsyncWsStreamError as exc:
+        print(f"async_ws_stream: error: {describe(exc)}", file=err)
+        return EXIT_FAILED
+    finally:
+        if options.stats:
+            summary = {k: v for k, v in client.stats().items() if k != "streams"}
+            summary["printed"] = printed
+            print(json.dumps(summary, separators=(",", ":")), file=err, flush=True)
+
+
+async def _print_messages(stream: Stream[Any], out: IO[bytes], count: int | None) -> int:
+    """Write each message as one JSON line, flushing once per batch; return how many were written."""
+    printed = 0
+    async for msg in stream:
+        batch = [msg]
+        # Whatever is already buffered goes out in the same write and flush.
+        while stream.queued and (count is None or printed + len(batch) < count):
+            batch.append(stream.get_nowait())
+        # The write blocks the loop while the reader is slow: that backpressure
+        # reaches the server through TCP instead of growing a buffer here.
+        out.write(b"".join(_line(m) for m in batch))
+        out.flush()
+        printed += len(batch)
+        if count is not None and printed >= count:
+            break
+    return printed
+
+
+def _line(msg: Any) -> bytes:
+    return json.dumps(msg, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+def _configure_logging(verbose: int) -> None:
+    logger.remove()  # the process is ours: no default handler printing other libraries' DEBUG lines
+    if verbose:
+        logger.add(
+            sys.stderr,
+            level="DEBUG" if verbose > 1 else "INFO",
+            format="{time:HH:mm:ss.SSS} {level: <7} {message}",
+            backtrace=False,
+            diagnose=False,  # no variable values (frames, keys) in logged tracebacks
+        )
+        logger.enable("async_ws_stream")
+
+
+def detach_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail on the closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def parse_json_object(text: str) -> dict[str, Any]:
+    """Parse ``text`` as a JSON object; the ValueError shows the text and what is wrong."""
+    value = parse_json(text)
+    if not isinstance(value, Mapping):
+        raise ValueError(f"expected a JSON object such as '{{\"e\": \"trade\"}}', got {text!r}")
+    return dict(value)
+
+
+def parse_json(text: str) -> Any:
+    """Parse ``text`` as any JSON document; the ValueError shows the text and where the JSON broke."""
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"not valid JSON ({exc}): {text!r}; check the shell's quoting") from None

@@ -1,0 +1,111 @@
+"""`python -m async_ws_stream demo`, run as a subprocess for a few seconds."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pty
+import re
+import signal
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BUDGET = 20.0  # seconds a demo run may take before the test fails
+
+# See test_cli.py: restores Python's SIGINT handler in case the shell started us with it ignored.
+WITH_CTRL_C = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'async_ws_stream'; runpy.run_module('async_ws_stream', run_name='__main__', alter_sys=True)"
+)
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
+def _counters(text: str) -> dict[str, int]:
+    """The key=value counters of the demo's final summary line."""
+    summary = next(line for line in text.splitlines() if line.startswith("demo finished"))
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", summary)}
+
+
+async def test_demo_shows_faults_and_recovery_then_exits_0() -> None:
+    """Piped, the demo prints plain status lines, injects faults, shows the recovery and exits 0 on time."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "async_ws_stream", "demo", "--seconds", "2", "--fault-every", "0.5",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_env(),
+    )
+    async with asyncio.timeout(BUDGET):
+        out_b, err_b = await proc.communicate()
+    out, err = out_b.decode(), err_b.decode()
+    assert proc.returncode == 0, err
+    assert err == ""
+    assert "\x1b[" not in out  # no terminal control codes into a pipe
+    assert "fault: abrupt drop" in out and "recovered: reconnected" in out
+    assert "fault: stall" in out
+    assert re.search(r"^\[\s*\d+\.\ds\] up connects=\d+", out, re.MULTILINE)  # the periodic status line
+    counters = _counters(out)
+    assert counters["reconnects"] >= 1 and counters["connects"] == counters["reconnects"] + 1 + counters["recycles"]
+    assert counters["messages"] > 0 and counters["dropped"] > 0  # the slow stream's drops are shown
+
+
+async def test_demo_redraws_in_place_on_a_terminal() -> None:
+    """On a terminal the demo redraws one view in place with ANSI codes, and restores the cursor."""
+    leader, follower = pty.openpty()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "async_ws_stream", "demo", "--seconds", "1",
+            stdout=follower, stderr=asyncio.subprocess.PIPE, env=_env(),
+        )
+        os.close(follower)
+        follower = -1
+        chunks: list[bytes] = []
+
+        def read_all() -> None:
+            while True:
+                try:
+                    chunk = os.read(leader, 65536)
+                except OSError:  # EIO: the demo closed the terminal
+                    return
+                if not chunk:
+                    return
+                chunks.append(chunk)
+
+        async with asyncio.timeout(BUDGET):
+            reader = asyncio.ensure_future(asyncio.to_thread(read_all))
+            _, err = await proc.communicate()
+            await reader
+    finally:
+        for fd in (leader, follower):
+            if fd >= 0:
+                os.close(fd)
+    out = b"".join(chunks).decode()
+    assert proc.returncode == 0, err.decode()
+    assert out.count("async_ws_stream demo") >= 2  # drawn more than once...
+    assert re.search(r"\x1b\[\d+F\x1b\[J", out)  # ...each time over the previous frame
+    assert "all trades" in out and "dropped" in out
+    assert "\x1b[?25hdemo finished" in out.rstrip().splitlines()[-1]  # cursor shown again, then the summary
+
+
+async def test_demo_exits_0_on_ctrl_c() -> None:
+    """SIGINT ends the demo cleanly: exit status 0, a summary, no traceback."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", WITH_CTRL_C, "demo",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_env(),
+    )
+    try:
+        async with asyncio.timeout(BUDGET):
+            assert proc.stdout is not None
+            # The first status line means the feed is flowing; then Ctrl-C.
+            while b"up connects=" not in await proc.stdout.readline():
+                pass
+            proc.send_signal(signal.SIGINT)
+            rest, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.communicate()
+    assert proc.returncode == 0
+    assert "Traceback" not in err.decode()
+    assert "demo finished" in rest.decode()
