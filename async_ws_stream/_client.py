@@ -25,9 +25,9 @@ import itertools
 import json
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, TypeVar
 
 from loguru import logger
 from websockets.exceptions import ConnectionClosed
@@ -382,7 +382,7 @@ class AsyncWsStream(abc.ABC, Generic[M]):
             if isinstance(handler, AsyncHandler) and handler.task is None:
                 handler.task = self._spawn(handler.run(), f"handler {handler.fn!r}")
 
-    async def __aenter__(self) -> AsyncWsStream[M]:
+    async def __aenter__(self) -> Self:
         self._start()
         return self
 
@@ -703,7 +703,7 @@ class AsyncWsStream(abc.ABC, Generic[M]):
 
     def stream_filter(
         self,
-        filters: list[Mapping[Any, Any]] | None = None,
+        filters: Sequence[Mapping[Any, Any]] | None = None,
         *,
         maxsize: int | None = None,
         overflow: Overflow | None = None,
@@ -745,7 +745,7 @@ class AsyncWsStream(abc.ABC, Generic[M]):
     def add_handler(
         self,
         fn: Callable[[M], Any],
-        filters: list[Mapping[Any, Any]] | None = None,
+        filters: Sequence[Mapping[Any, Any]] | None = None,
         *,
         maxsize: int = DEFAULT_HANDLER_MAXSIZE,
         overflow: Overflow = "drop_oldest",
