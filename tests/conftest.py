@@ -1,11 +1,18 @@
-"""Shared fixtures: a real FeedServer on loopback and a small JSON client subclass."""
+"""Shared fixtures: a real FeedServer on loopback and a small JSON client subclass.
+
+Client-level tests (those using the ``client`` fixture, and every test of a module
+that uses ``JsonClient``) run once per transport: ``[websockets]`` and ``[picows]``.
+The autouse ``transport`` fixture sets which one ``JsonClient._create_ws`` opens;
+without picows installed the ``[picows]`` runs skip, saying why. Mark a test
+``single_transport`` to run it on websockets only.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from loguru import logger
@@ -13,10 +20,16 @@ from websockets.asyncio.client import connect
 
 from async_ws_stream import AsyncWsStream
 from async_ws_stream.testing import FeedServer
+from async_ws_stream.transports import PICOWS_AVAILABLE, picows_connect
+
+TRANSPORTS = ("websockets", "picows")
 
 
 class JsonClient(AsyncWsStream[Any]):
     """The smallest useful subclass: JSON frames, recycled when the test says so."""
+
+    #: "websockets" or "picows": what _create_ws opens (set per test by the transport fixture).
+    transport: ClassVar[str] = "websockets"
 
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(**options)
@@ -25,6 +38,8 @@ class JsonClient(AsyncWsStream[Any]):
         self.recycle_now = asyncio.Event()
 
     async def _create_ws(self) -> Any:
+        if self.transport == "picows":
+            return await picows_connect(self.url, open_timeout=2, close_timeout=1)
         return await connect(self.url, open_timeout=2, close_timeout=1)
 
     async def _when2create_new_ws(self) -> None:
@@ -33,6 +48,36 @@ class JsonClient(AsyncWsStream[Any]):
 
     def _parse_raw_data(self, raw: str | bytes) -> Any:
         return json.loads(raw)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "single_transport: run a client-level test on websockets only")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run every client-level test once per transport."""
+    client_level = "client" in metafunc.fixturenames or getattr(metafunc.module, "JsonClient", None) is JsonClient
+    if not client_level or metafunc.definition.get_closest_marker("single_transport") is not None:
+        return
+    if any("transport" in marker.args[0] for marker in metafunc.definition.iter_markers("parametrize")):
+        return  # the test chooses its transports itself
+    skip_picows = pytest.mark.skipif(
+        not PICOWS_AVAILABLE,
+        reason="picows is not installed; pip install 'async_ws_stream[fast]' to test the fast transport",
+    )
+    metafunc.parametrize(
+        "transport",
+        [pytest.param(name, marks=skip_picows if name == "picows" else ()) for name in TRANSPORTS],
+        indirect=True,
+    )
+
+
+@pytest.fixture(autouse=True)
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The transport JsonClient opens in this test: "websockets" unless parametrised to "picows"."""
+    name: str = getattr(request, "param", "websockets")
+    monkeypatch.setattr(JsonClient, "transport", name)
+    return name
 
 
 @pytest.fixture
