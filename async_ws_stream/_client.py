@@ -487,7 +487,7 @@ class AsyncWsStream(abc.ABC, Generic[M]):
                 if time.monotonic() - conn.opened_at >= self._stable_after:
                     self._retries_used = 0
                     self._delays = backoff_delays(*self._backoff)
-                conn = None
+                conn = None  # it is closed: nothing for the finally below to retire meanwhile
                 conn = await self._connect(cause)
                 self._counters.reconnects += 1
         except AsyncWsStreamError as exc:

@@ -80,6 +80,7 @@ _Pair = tuple[Hashable, Path, Any, bool]
 
 def _step(obj: Any, key: Hashable) -> Any:
     """Return ``obj[key]``, or ``_MISSING`` when obj is not a mapping or lacks the key."""
+    # The exact-type test first: it skips the much slower ABC isinstance for plain dicts.
     if type(obj) is dict:
         return obj.get(key, _MISSING)
     if isinstance(obj, Mapping):
@@ -132,6 +133,8 @@ def _is_anchorable(value: Any) -> bool:
         # dict but never matches under ==, so it cannot be looked up.
         return bool(value == value)
     except Exception:
+        # A value whose hash or == misbehaves is not indexed; it is evaluated in full,
+        # where any error surfaces with the message that provoked it.
         return False
 
 
@@ -391,13 +394,35 @@ class Subscription(Generic[T]):
 
 # A subscription's entry in a bucket or in the scan list: one per clause.
 _Entry = tuple[Subscription[Any], Clause]
+# _vacate() moves at most this many clauses, each only to a bucket holding fewer.
+_VACATE_MAX = 4
+
+
+def _anchor_pairs(clause: Clause) -> list[tuple[int, Path, Any]]:
+    """The pairs of clause that can file it in the index: (index in ``_pairs``, path, value)."""
+    return [
+        (i, (key, *steps), value)
+        for i, (key, steps, value, is_predicate) in enumerate(clause._pairs)
+        if not is_predicate and _is_anchorable(value)
+    ]
+
+
+# An entry as a bucket holds it: (target, clause, others, simple, multi). ``others`` are
+# the pairs the bucket's key does not already prove, the only ones match() checks; when
+# ``simple`` they are all one-step equalities, which match() checks inline.
+# ``multi`` is the subscription when it has several clauses (so it may be found twice
+# and match() must stamp it), else None: a plain filter costs no look at its subscription.
+_Anchored = tuple[Any, Clause, tuple[Any, ...], bool, Subscription[Any] | None]
 
 
 class Index(Generic[T]):
     """Subscriptions indexed by the values their filters require.
 
     :meth:`match` costs one dict lookup per indexed key path plus the work on clauses
-    that can match; subscriptions filtering on other values cost nothing. Cached
+    that can match; subscriptions filtering on other values cost nothing. A clause
+    with several equalities is filed under the one whose bucket holds fewest clauses
+    when it is added, so a value many filters share (``{"e": "trade", "s": ...}``)
+    does not pile them all into one bucket that every message would scan. Cached
     snapshots are rebuilt lazily at the next :meth:`match` after a change, so adding or
     removing n subscriptions costs O(n) overall.
 
@@ -416,14 +441,15 @@ class Index(Generic[T]):
         # iteration in registration order.
         self._everyone_subs: dict[Subscription[T], None] = {}
         self._scan_entries: dict[_Entry, None] = {}
-        self._anchored: dict[Path, dict[Any, dict[_Entry, None]]] = {}
+        # path -> value -> entry -> what match() reads of it.
+        self._anchored: dict[Path, dict[Any, dict[_Entry, _Anchored]]] = {}
         # Snapshots read by match(): immutable tuples, so that neither the caller nor a
         # later add/remove can disturb an iteration in progress.
         self._everyone: tuple[T, ...] = ()
         self._scan: tuple[_Entry, ...] = ()
         self._scan_callables: tuple[_Entry, ...] = ()
-        self._lookup: dict[Path, dict[Any, tuple[_Entry, ...]]] = {}
-        self._paths: tuple[tuple[Hashable, Path, dict[Any, tuple[_Entry, ...]]], ...] = ()
+        self._lookup: dict[Path, dict[Any, tuple[_Anchored, ...]]] = {}
+        self._paths: tuple[tuple[Hashable, Path, dict[Any, tuple[_Anchored, ...]]], ...] = ()
         self._only_everyone = True
         # What the next match() must rebuild before it reads the snapshots.
         self._stale = False
@@ -466,23 +492,82 @@ class Index(Generic[T]):
             self._everyone_subs[sub] = None
             self._dirty_everyone = True
             return sub
-        for clause in clauses:
+        # A clause listed twice in one filter is filed once (remove() does the same).
+        for clause in dict.fromkeys(clauses):
             entry: _Entry = (sub, clause)
-            anchor = clause._anchor
-            if anchor is None:
+            if clause._anchor is None:
                 self._scan_entries[entry] = None
                 self._dirty_scan = True
                 continue
-            path, value = anchor
-            buckets = self._anchored.get(path)
-            if buckets is None:
-                buckets = self._anchored[path] = {}
-            members = buckets.get(value)
-            if members is None:
-                members = buckets[value] = {}
-            members[entry] = None
-            self._dirty_buckets.add(anchor)
+            path = self._file(entry, self._choose(clause))
+            # A path that holds a few clauses only because they were filed before this
+            # one showed a better choice costs a lookup per message: move them.
+            for _, other, _ in _anchor_pairs(clause):
+                if other != path:
+                    self._vacate(other)
         return sub
+
+    def _choose(self, clause: Clause, avoid: Path | None = None) -> tuple[int, Path, Any, int] | None:
+        """Where to file clause: of its anchorable pairs, the one whose bucket holds fewest.
+
+        Any one equality can file a clause, since the clause matches only when all of them
+        hold; the least loaded keeps a value that many filters share from heaping them in
+        one bucket. Ties go to a path already indexed (no new lookup per message), then to
+        the pair written first. Returns (pair index, path, value, load), or None when
+        every anchorable pair lies on ``avoid``.
+        """
+        best: tuple[tuple[int, bool], int, Path, Any] | None = None
+        for i, path, value in _anchor_pairs(clause):
+            if path == avoid:
+                continue
+            buckets = self._anchored.get(path)
+            members = None if buckets is None else buckets.get(value)
+            score = (0 if members is None else len(members), buckets is None)
+            if best is None or score < best[0]:
+                best = (score, i, path, value)
+        if best is None:
+            return None
+        (load, _), i, path, value = best
+        return i, path, value, load
+
+    def _file(self, entry: _Entry, choice: tuple[int, Path, Any, int] | None) -> Path:
+        """File entry in the bucket ``choice`` names; return its path."""
+        assert choice is not None, "only clauses with an anchor are filed"
+        i, path, value, _ = choice
+        clause = entry[1]
+        pairs = clause._pairs
+        # On the clause's own anchor (its first anchorable pair), reuse the precomputed rest.
+        rest = clause._rest if i == _anchor_pairs(clause)[0][0] else pairs[:i] + pairs[i + 1 :]
+        buckets = self._anchored.get(path)
+        if buckets is None:
+            buckets = self._anchored[path] = {}
+        members = buckets.get(value)
+        if members is None:
+            members = buckets[value] = {}
+        simple = bool(rest) and all(not steps and not is_predicate for _, steps, _, is_predicate in rest)
+        sub = entry[0]
+        members[entry] = (sub.target, clause, rest, simple, sub if len(sub.clauses) > 1 else None)
+        self._dirty_buckets.add((path, value))
+        return path
+
+    def _vacate(self, path: Path) -> None:
+        """Move the few clauses of a path with a single bucket onto paths already indexed."""
+        buckets = self._anchored.get(path)
+        if buckets is None or len(buckets) != 1:
+            return
+        ((value, members),) = buckets.items()
+        if len(members) > _VACATE_MAX:
+            return
+        moves = []
+        for entry in members:
+            choice = self._choose(entry[1], avoid=path)
+            if choice is None or choice[1] not in self._anchored or choice[3] >= _VACATE_MAX:
+                return  # it would cost more elsewhere: leave the path as it is
+            moves.append((entry, choice))
+        del self._anchored[path]
+        self._dirty_buckets.add((path, value))
+        for entry, choice in moves:
+            self._file(entry, choice)
 
     def remove(self, handle: Subscription[T]) -> None:
         """Unregister a subscription. Idempotent: removing it again does nothing.
@@ -505,26 +590,26 @@ class Index(Generic[T]):
             del self._everyone_subs[handle]
             self._dirty_everyone = True
             return
-        for clause in handle.clauses:
+        for clause in dict.fromkeys(handle.clauses):
             entry: _Entry = (handle, clause)
-            anchor = clause._anchor
-            if anchor is None:
+            if clause._anchor is None:
                 self._scan_entries.pop(entry, None)
                 self._dirty_scan = True
                 continue
-            path, value = anchor
-            buckets = self._anchored.get(path)
-            if buckets is None:
-                continue  # the same clause appeared twice in this subscription
-            members = buckets.get(value)
-            if members is None:
-                continue
-            members.pop(entry, None)
-            if not members:
-                del buckets[value]
-                if not buckets:
-                    del self._anchored[path]
-            self._dirty_buckets.add(anchor)
+            # add() filed it under one of its anchorable pairs: find which.
+            for _, path, value in _anchor_pairs(clause):
+                buckets = self._anchored.get(path)
+                if buckets is None:
+                    continue
+                members = buckets.get(value)
+                if members is None or members.pop(entry, _MISSING) is _MISSING:
+                    continue
+                if not members:
+                    del buckets[value]
+                    if not buckets:
+                        del self._anchored[path]
+                self._dirty_buckets.add((path, value))
+                break
 
     def _refresh(self) -> None:
         """Rebuild the snapshots that add/remove have invalidated since the last match."""
@@ -545,7 +630,7 @@ class Index(Generic[T]):
                     if lookup is None:
                         lookup = self._lookup[path] = {}
                         paths_changed = True
-                    lookup[value] = tuple(members)
+                    lookup[value] = tuple(members.values())
                 elif lookup is not None:
                     lookup.pop(value, None)
                     if not lookup:
@@ -578,8 +663,8 @@ class Index(Generic[T]):
             if not self._scan_callables:
                 return everyone
             self._tick += 1
-            result = self._match_scan(self._scan_callables, msg, everyone, None)
-            return everyone if result is None else result
+            found = self._match_scan(self._scan_callables, msg, everyone, None)
+            return everyone if found is None else found
         self._tick = tick = self._tick + 1
         on_error = self._on_error
         result: list[T] | None = None
@@ -600,31 +685,52 @@ class Index(Generic[T]):
                 continue
             if entries is None:
                 continue
-            for sub, clause in entries:
-                if sub._seen == tick:
+            for target, clause, others, simple, multi in entries:
+                if multi is not None and multi._seen == tick:
                     continue
                 # The lookup proved the anchor pair equal; only the others need checking.
-                others = clause._rest
-                if others and not _pairs_match(others, msg, clause.source, on_error):
+                if simple:
+                    for other_key, _, other_value, _ in others:
+                        got = msg.get(other_key, _MISSING)
+                        # `not got == value`, not `got != value`: the definition uses ==.
+                        if got is _MISSING or not got == other_value:
+                            break
+                    else:
+                        others = ()  # no break: every one held
+                    if others:
+                        continue
+                elif others and not _pairs_match(others, msg, clause.source, on_error):
                     continue
-                sub._seen = tick
+                if multi is not None:
+                    multi._seen = tick
                 if result is None:
                     result = list(everyone)
-                result.append(sub.target)
+                result.append(target)
         if self._scan:
             result = self._match_scan(self._scan, msg, everyone, result)
         return everyone if result is None else result
 
     def _match_unhashable(
         self,
-        lookup: dict[Any, tuple[_Entry, ...]],
+        lookup: dict[Any, tuple[_Anchored, ...]],
         msg: object,
         everyone: tuple[T, ...],
         result: list[T] | None,
     ) -> list[T] | None:
         """Fully evaluate every clause anchored on one path (rare path)."""
+        tick = self._tick
+        on_error = self._on_error
         for entries in lookup.values():
-            result = self._match_scan(entries, msg, everyone, result)
+            for target, clause, _, _, multi in entries:
+                if multi is not None and multi._seen == tick:
+                    continue
+                if not clause.matches(msg, on_error):
+                    continue
+                if multi is not None:
+                    multi._seen = tick
+                if result is None:
+                    result = list(everyone)
+                result.append(target)
         return result
 
     def _match_scan(

@@ -687,7 +687,7 @@ def test_index_agrees_after_removals(filters: list[Any], removed: set[int], data
             st.tuples(st.just("match"), messages),
             st.tuples(st.just("match"), filters.flatmap(lambda f: messages_for([f]))),
         ),
-        max_size=40,
+        max_size=25,
     )
 )
 def test_index_agrees_under_interleaved_adds_removes_and_matches(ops: list[Any]) -> None:
