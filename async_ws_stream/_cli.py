@@ -107,13 +107,20 @@ def run_connect(options: ConnectOptions) -> int:
         return EXIT_OK
 
 
+@dataclass
+class _Tally:
+    """Lines written to stdout so far; kept outside the printing loop so a broken pipe keeps the count."""
+
+    printed: int = 0
+
+
 async def _connect(options: ConnectOptions, out: IO[bytes], err: IO[str]) -> int:
     client = CliClient(options)
-    printed = 0
+    tally = _Tally()
     try:
         async with client:
             async with client.stream_filter(options.filters or None) as stream:
-                printed = await _print_messages(stream, out, options.count)
+                await _print_messages(stream, out, options.count, tally)
         return EXIT_OK
     except AsyncWsStreamError as exc:
         print(f"async_ws_stream: error: {describe(exc)}", file=err)
@@ -121,26 +128,24 @@ async def _connect(options: ConnectOptions, out: IO[bytes], err: IO[str]) -> int
     finally:
         if options.stats:
             summary = {k: v for k, v in client.stats().items() if k != "streams"}
-            summary["printed"] = printed
+            summary["printed"] = tally.printed
             print(json.dumps(summary, separators=(",", ":")), file=err, flush=True)
 
 
-async def _print_messages(stream: Stream[Any], out: IO[bytes], count: int | None) -> int:
-    """Write each message as one JSON line, flushing once per batch; return how many were written."""
-    printed = 0
+async def _print_messages(stream: Stream[Any], out: IO[bytes], count: int | None, tally: _Tally) -> None:
+    """Write each message as one JSON line, flushing once per batch; count what was written in ``tally``."""
     async for msg in stream:
         batch = [msg]
         # Whatever is already buffered goes out in the same write and flush.
-        while stream.queued and (count is None or printed + len(batch) < count):
+        while stream.queued and (count is None or tally.printed + len(batch) < count):
             batch.append(stream.get_nowait())
         # The write blocks the loop while the reader is slow: that backpressure
         # reaches the server through TCP instead of growing a buffer here.
         out.write(b"".join(_line(m) for m in batch))
         out.flush()
-        printed += len(batch)
-        if count is not None and printed >= count:
+        tally.printed += len(batch)
+        if count is not None and tally.printed >= count:
             break
-    return printed
 
 
 def _line(msg: Any) -> bytes:

@@ -161,10 +161,10 @@ async def test_verbose_logs_go_to_stderr_and_hide_the_url_path(server: FeedServe
 
 
 async def test_closed_stdout_exits_quietly(server: FeedServer) -> None:
-    """When stdout's reader goes away (`| head -n 1`), the CLI exits 0 without a traceback."""
+    """When stdout's reader goes away (`| head -n 1`), the CLI exits 0 quietly, still counting what it printed."""
     read_end, write_end = os.pipe()
     try:
-        async with cli("connect", server.url, stdout=write_end) as proc:
+        async with cli("connect", server.url, "--stats", stdout=write_end) as proc:
             os.close(write_end)
             write_end = -1
             await server.wait_connections(1)
@@ -187,6 +187,8 @@ async def test_closed_stdout_exits_quietly(server: FeedServer) -> None:
                 os.close(fd)
     assert code == 0
     assert "Traceback" not in err and "BrokenPipe" not in err
+    summary = json.loads(err.strip().splitlines()[-1])
+    assert summary["printed"] >= 1
 
 
 async def test_idle_timeout_replaces_a_stalled_connection(server: FeedServer) -> None:
