@@ -439,11 +439,14 @@ async def test_sync_handlers_run_inline_in_order(client: JsonClient, server: Fee
 async def test_slow_async_handler_stalls_nobody(client: JsonClient, server: FeedServer) -> None:
     """An async handler runs in order in its own task; a stuck one does not block a stream."""
     release = asyncio.Event()
+    all_handled = asyncio.Event()
     handled: list[int] = []
 
     async def slow(msg: Any) -> None:
         await release.wait()
         handled.append(msg["n"])
+        if msg["n"] == 5:
+            all_handled.set()
 
     client.add_handler(slow)
     stream = client.stream_filter()
@@ -456,8 +459,7 @@ async def test_slow_async_handler_stalls_nobody(client: JsonClient, server: Feed
     release.set()
     await server.broadcast({"n": 5})
     await done
-    while len(handled) < 6:
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(all_handled.wait(), 5)
     assert handled == [0, 1, 2, 3, 4, 5]
 
 
@@ -466,12 +468,18 @@ async def test_handler_failures_are_logged_and_counted(
 ) -> None:
     """A raising handler is logged with its traceback, counted, and keeps being called."""
     calls: list[int] = []
+    async_calls = 0
+    async_saw_marker = asyncio.Event()
 
     def fragile(msg: Any) -> None:
         calls.append(msg["n"])
         raise ValueError("bad handler")
 
     async def fragile_async(msg: Any) -> None:
+        nonlocal async_calls
+        async_calls += 1
+        if async_calls == 3:  # two messages and the marker
+            async_saw_marker.set()
         raise KeyError("bad async handler")
 
     client.add_handler(fragile)
@@ -479,9 +487,9 @@ async def test_handler_failures_are_logged_and_counted(
     await client.wait_connected(timeout=5)
     await server.broadcast({"n": 1})
     await server.broadcast({"n": 2})
-    await settle(client, server)
-    while client.stats()["handler_errors"] < 6:  # 3 messages (with the marker) x 2 handlers
-        await asyncio.sleep(0.01)
+    await settle(client, server, {"marker": 0})
+    await asyncio.wait_for(async_saw_marker.wait(), 5)
+    assert client.stats()["handler_errors"] == 6  # 3 messages (with the marker) x 2 handlers
     assert calls == [1, 2]
     text = "\n".join(logs)
     assert "Traceback" in text and "ValueError: bad handler" in text and "KeyError" in text
