@@ -9,27 +9,15 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from async_ws_stream.testing import FeedServer
 
-ROOT = Path(__file__).resolve().parent.parent
+from .subprocesses import WITH_CTRL_C, child_env
+
 BUDGET = 15.0  # seconds a CLI run may take before the test fails
-
-# A shell that starts jobs in the background (CI runners, some IDEs) hands its
-# children SIGINT ignored, and Python keeps it ignored; this launcher restores
-# Python's own handler so that the Ctrl-C tests test the CLI, not the shell.
-WITH_CTRL_C = (
-    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-    "sys.argv[0] = 'async_ws_stream'; runpy.run_module('async_ws_stream', run_name='__main__', alter_sys=True)"
-)
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 
 @asynccontextmanager
@@ -37,7 +25,7 @@ async def cli(*args: str, stdout: Any = asyncio.subprocess.PIPE, ctrl_c: bool = 
     """Start the CLI; on the way out, make sure the process is gone and its pipes are closed."""
     launcher = ["-c", WITH_CTRL_C] if ctrl_c else ["-m", "async_ws_stream"]
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, *launcher, *args, stdout=stdout, stderr=asyncio.subprocess.PIPE, env=_env()
+        sys.executable, *launcher, *args, stdout=stdout, stderr=asyncio.subprocess.PIPE, env=child_env()
     )
     try:
         yield proc

@@ -8,20 +8,10 @@ import pty
 import re
 import signal
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from .subprocesses import WITH_CTRL_C, child_env
+
 BUDGET = 20.0  # seconds a demo run may take before the test fails
-
-# See test_cli.py: restores Python's SIGINT handler in case the shell started us with it ignored.
-WITH_CTRL_C = (
-    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-    "sys.argv[0] = 'async_ws_stream'; runpy.run_module('async_ws_stream', run_name='__main__', alter_sys=True)"
-)
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 
 def _counters(text: str) -> dict[str, int]:
@@ -34,7 +24,7 @@ async def test_demo_shows_faults_and_recovery_then_exits_0() -> None:
     """Piped, the demo prints plain status lines, injects faults, shows the recovery and exits 0 on time."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "async_ws_stream", "demo", "--seconds", "2", "--fault-every", "0.5",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_env(),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=child_env(),
     )
     async with asyncio.timeout(BUDGET):
         out_b, err_b = await proc.communicate()
@@ -56,7 +46,7 @@ async def test_demo_redraws_in_place_on_a_terminal() -> None:
     try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "async_ws_stream", "demo", "--seconds", "1",
-            stdout=follower, stderr=asyncio.subprocess.PIPE, env=_env(),
+            stdout=follower, stderr=asyncio.subprocess.PIPE, env=child_env(),
         )
         os.close(follower)
         follower = -1
@@ -92,7 +82,7 @@ async def test_demo_exits_0_on_ctrl_c() -> None:
     """SIGINT ends the demo cleanly: exit status 0, a summary, no traceback."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", WITH_CTRL_C, "demo",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_env(),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=child_env(),
     )
     try:
         async with asyncio.timeout(BUDGET):
