@@ -108,11 +108,13 @@ class _Counters:
 
     __slots__ = (
         "connects",
+        "crowded",
         "dropped",
         "frames",
         "handler_errors",
         "parse_errors",
         "predicate_errors",
+        "pump_yields",
         "reconnects",
         "recycles",
         "retries",
@@ -130,6 +132,10 @@ class _Counters:
         self.handler_errors = 0
         self.predicate_errors = 0
         self.dropped = 0
+        self.pump_yields = 0  # times the pump let woken consumers drain in the middle of a read
+        # Not a total: a stream sets it when a woken consumer's buffer is half full;
+        # the pump clears it and yields once, before that buffer can overflow.
+        self.crowded = False
 
 
 class _Connection:
@@ -588,6 +594,10 @@ class AsyncWsStream(abc.ABC, Generic[M]):
                     continue
                 for target in match(msg):
                     target._feed(msg)
+                if counters.crowded:
+                    counters.crowded = False
+                    counters.pump_yields += 1
+                    await asyncio.sleep(0)
         except ConnectionClosed as exc:
             conn.closed_by = exc
             if conn.successor is None:
@@ -1087,7 +1097,9 @@ class AsyncWsStream(abc.ABC, Generic[M]):
 
         Keys: ``connects``, ``reconnects``, ``recycles``, ``retries``, ``frames``,
         ``messages``, ``parse_errors``, ``skipped`` (frames parsed to None),
-        ``handler_errors``, ``predicate_errors``, ``pending`` (``expect``/``wait_for``/
+        ``handler_errors``, ``predicate_errors``, ``pump_yields`` (times the pump paused
+        in the middle of a read so that woken consumers could drain buffers that were
+        half full), ``pending`` (``expect``/``wait_for``/
         ``request``/``poll`` waits not yet settled), ``dropped`` (by every stream and
         handler, closed ones included), ``last_frame_age`` (seconds, or None with no
         connection), ``connected``, ``state`` and ``streams`` (a list of
@@ -1108,6 +1120,7 @@ class AsyncWsStream(abc.ABC, Generic[M]):
             "skipped": c.skipped,
             "handler_errors": c.handler_errors,
             "predicate_errors": c.predicate_errors,
+            "pump_yields": c.pump_yields,
             "pending": len(self._expectations),
             "dropped": c.dropped,
             "last_frame_age": None if conn is None else time.monotonic() - conn.last_frame,

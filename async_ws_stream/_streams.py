@@ -3,6 +3,14 @@
 The producer (the client's pump) only ever calls the synchronous ``_feed``; it
 never awaits a consumer. A consumer waiting on an empty stream is woken once per
 batch: the first ``_feed`` resolves its waiter and later ones only append.
+
+One socket read can carry thousands of frames, and the pump parses a read to the
+end before the consumers it woke get to run: a burst could fill a buffer whose
+consumer keeps up perfectly well. So a stream whose consumer has been woken and
+not yet run tells the pump, through ``counters.crowded``, when its buffer reaches
+half of ``maxsize``; the pump then yields once, the woken consumers drain, and
+the read goes on. A consumer that is busy elsewhere is not woken, so a slow one
+never makes the pump yield: it fills its buffer and meets its overflow policy.
 """
 
 from __future__ import annotations
@@ -93,6 +101,8 @@ class Stream(Generic[M]):
         "_overflow",
         "_state",
         "_waiter",
+        "_woken",
+        "_yield_at",
         "dropped",
     )
 
@@ -116,6 +126,8 @@ class Stream(Generic[M]):
         self._state = _State.OPEN
         self._end_error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._woken = False  # resolved our waiter; the consumer has not run since
+        self._yield_at = max(1, maxsize // 2)  # the buffer length that asks the pump to yield
         self._loop: asyncio.AbstractEventLoop | None = None  # learnt at the first wait
         self._dropping = False
         self._episode_drops = 0
@@ -153,6 +165,7 @@ class Stream(Generic[M]):
             try:
                 await waiter
             finally:
+                self._woken = False
                 if self._waiter is waiter:
                     self._waiter = None
             buf = self._buf  # read anew: the first _feed replaces _NO_BUFFER
@@ -253,6 +266,9 @@ class Stream(Generic[M]):
             self._waiter = None
             if not waiter.done():
                 waiter.set_result(None)
+                self._woken = True
+        if self._woken and len(buf) >= self._yield_at:
+            self._counters.crowded = True
 
     def _finish(self, error: BaseException | None = None) -> None:
         """Take no more messages: the consumer gets the buffer, then ``error`` or the end."""

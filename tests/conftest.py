@@ -9,9 +9,12 @@ without picows installed the ``[picows]`` runs skip, saying why. Mark a test
 
 from __future__ import annotations
 
+import array
 import asyncio
+import fcntl
 import json
-from collections.abc import AsyncIterator, Iterator
+import termios
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, ClassVar
 
 import pytest
@@ -114,6 +117,30 @@ async def settle(client: AsyncWsStream[Any], server: FeedServer, marker: Any = N
     waiting = client.expect(marker, timeout=5)
     await server.broadcast(marker)
     return await waiting
+
+
+async def hold_unread(transport: Any, server: FeedServer, send: Callable[[], Awaitable[object]]) -> None:
+    """Run ``send`` while ``transport`` does not read; return once all of it waits in the client's socket.
+
+    That is when every server connection has an empty write buffer and the
+    kernel holds none of its bytes unacknowledged. Nothing signals that, so
+    this polls for it. The next read then finds the whole backlog at once: one
+    read, as far as the read size allows.
+    """
+    transport.pause_reading()
+    try:
+        await send()
+
+        def unsent(conn: Any) -> int:
+            count = array.array("i", [0])
+            fcntl.ioctl(conn.transport.get_extra_info("socket").fileno(), termios.TIOCOUTQ, count)
+            return conn.transport.get_write_buffer_size() + count[0]
+
+        async with asyncio.timeout(5):
+            while any(unsent(conn) for conn in server.connections if not conn.transport.is_closing()):
+                await asyncio.sleep(0.001)
+    finally:
+        transport.resume_reading()
 
 
 def no_library_tasks() -> bool:
