@@ -1,6 +1,14 @@
-"""Optional transports: picows, a compiled websocket client, behind the interface of ``websockets``.
+"""Transports: ``websockets`` with reads sized for many streams, and picows behind the same interface.
 
 ``websockets`` is the default transport and stays the one the examples show.
+:func:`websockets_connect` is ``websockets.connect`` with one difference: a
+socket read may carry up to ``read_size`` bytes (asyncio stops at 256 KiB). The
+client wakes each stream's consumer once per read, so with a thousand streams a
+256 KiB read gives each one a message or two, and nearly every message costs a
+task switch; bigger reads share each switch among more messages. Reads are only
+as big as the data waiting in the socket, so this changes nothing on a quiet
+feed.
+
 Its frame handling costs a few microseconds per message; picows (Cython, on
 PyPI, ``pip install 'async_ws_stream[fast]'``) costs a fraction of that. Return
 :func:`picows_connect` from ``_create_ws`` and nothing else changes::
@@ -19,6 +27,12 @@ the close frames, and a refused handshake raises
 ``websockets.exceptions.InvalidStatus`` carrying the response, so close codes,
 HTTP 401/403, ``Retry-After`` and every log line work unchanged.
 
+Both functions take ``read_size``; :data:`DEFAULT_READ_SIZE` is 4 MiB. The
+client's pump yields to woken consumers before their buffers fill, so a big read
+cannot overflow a stream whose consumer keeps up; what it costs is memory (one
+read's worth of messages) and, on a feed that outruns the client, the time to
+parse one read before the first of its messages reaches a consumer.
+
 What picows does not do, and so this transport does not either:
 permessage-deflate compression (websockets offers it by default; a server that
 requires it will not work here), proxies, and subprotocol negotiation.
@@ -36,6 +50,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
 
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.datastructures import Headers
 from websockets.exceptions import (
     ConcurrencyError,
@@ -64,10 +79,11 @@ __all__ = [
     "DEFAULT_OPEN_TIMEOUT",
     "DEFAULT_PING_INTERVAL",
     "DEFAULT_PING_TIMEOUT",
+    "DEFAULT_READ_SIZE",
     "PICOWS_AVAILABLE",
     "PicowsConnection",
-    "READ_LIMIT",
     "picows_connect",
+    "websockets_connect",
 ]
 
 #: True when picows is importable, so :func:`picows_connect` can work.
@@ -80,13 +96,14 @@ DEFAULT_PING_TIMEOUT = 20.0
 DEFAULT_CLOSE_TIMEOUT = 10.0
 DEFAULT_MAX_SIZE = 2**20
 DEFAULT_MAX_QUEUE = 16
-#: Most bytes picows parses per socket read: what asyncio hands websockets at
-#: most. picows grows its read buffer while reads fill it, so without a cap a
-#: fast server hands it megabytes (tens of thousands of messages) in one read,
-#: far past the high-water mark, and a burst that size can overflow a stream
-#: whose consumer keeps up. Bigger reads amortise consumer wake-ups over more
-#: messages; smaller ones tighten the memory bound (max_queue plus one read).
-READ_LIMIT = 256 * 1024
+#: Most bytes one socket read hands the websocket parser. A whole read is parsed
+#: before reading pauses at the high-water mark, so the receive buffer holds at
+#: most ``max_queue`` messages plus one read. Bigger reads share each consumer
+#: wake-up among more messages (bench/README.md has the figures); smaller ones
+#: tighten that bound and get the first messages of a long backlog out sooner.
+DEFAULT_READ_SIZE = 4 * 2**20
+# What asyncio's socket transport reads at once; the read buffer starts here.
+_ASYNCIO_READ_SIZE = 256 * 1024
 
 HeadersLike = Mapping[str, str] | Iterable[tuple[str, str]]
 
@@ -654,6 +671,7 @@ async def picows_connect(
     # Limits
     max_size: int | None = DEFAULT_MAX_SIZE,
     max_queue: int | tuple[int | None, int | None] | None = DEFAULT_MAX_QUEUE,
+    read_size: int = DEFAULT_READ_SIZE,
 ) -> PicowsConnection:
     """Open a websocket connection with picows; return it once the handshake is done.
 
@@ -685,6 +703,8 @@ async def picows_connect(
             ``(high, low)`` pair (low defaults to high // 4). Above it the
             socket is not read until ``recv`` has brought the buffer down to
             the low mark. None for no limit.
+        read_size: Most bytes taken from the socket at once (see the module's
+            docstring); picows grows its buffer to this while reads fill it.
 
     Raises:
         ImportError: picows is not installed.
@@ -712,6 +732,7 @@ async def picows_connect(
             raise ValueError(f"picows_connect: {option} must be a number > 0 or None, got {value!r}")
     if max_size is not None and (isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1):
         raise ValueError(f"picows_connect: max_size must be an int >= 1 or None, got {max_size!r}")
+    _check_read_size("picows_connect", read_size)
     high, low = _water_marks(max_queue)
     if isinstance(high, bool) or not isinstance(high, int) or not isinstance(low, int) or not 0 <= low <= high \
             or high < 1:
@@ -787,8 +808,74 @@ async def picows_connect(
         # picows returns no listener when the TCP connection ended before the response.
         raise InvalidMessage("did not receive a valid HTTP response: the connection closed during the handshake")
     transport = conn._tr
-    transport.set_protocol(_ReadGuard(transport.get_protocol(), conn, READ_LIMIT))
+    transport.set_protocol(_ReadGuard(transport.get_protocol(), conn, read_size))
     return conn
+
+
+async def websockets_connect(uri: str, *, read_size: int = DEFAULT_READ_SIZE, **options: Any) -> ClientConnection:
+    """Open a connection with ``websockets.connect(uri, **options)``, reading up to ``read_size`` bytes at once.
+
+    The connection is websockets' own ``ClientConnection``, with every option
+    and behaviour of ``websockets.connect``; only the size of a socket read
+    changes (see the module's docstring). Over TLS (``wss://``) asyncio's TLS
+    layer reads 256 KiB at a time whatever the size asked, so there the
+    connection is left exactly as websockets made it.
+
+    Raises:
+        ValueError: ``read_size`` is not an int >= 1.
+        Whatever ``websockets.connect`` raises.
+    """
+    _check_read_size("websockets_connect", read_size)
+    ws = await connect(uri, **options)
+    transport = ws.transport
+    if transport.get_extra_info("sslcontext") is None and transport.get_protocol() is ws:
+        transport.set_protocol(_LargeReads(ws, read_size))
+    return ws
+
+
+def _check_read_size(where: str, read_size: object) -> None:
+    if isinstance(read_size, bool) or not isinstance(read_size, int) or read_size < 1:
+        raise ValueError(f"{where}: read_size must be an int >= 1 (bytes per socket read), got {read_size!r}")
+
+
+class _LargeReads(asyncio.BufferedProtocol):
+    """Stands between asyncio's socket transport and a websockets connection, to read more at once.
+
+    A plain ``asyncio.Protocol`` (as websockets' connection is) gets what the
+    transport reads, at most 256 KiB; a ``BufferedProtocol`` lends the buffer,
+    so its size is ours. The buffer starts at 256 KiB and doubles while reads
+    fill it, up to ``limit``: a quiet connection never holds more. Each read
+    reaches the connection as the ``bytes`` it would have had: one copy per
+    read, not per frame.
+    """
+
+    __slots__ = ("_conn", "_limit", "_view")
+
+    def __init__(self, conn: ClientConnection, limit: int) -> None:
+        self._conn = conn
+        self._limit = limit
+        self._view = memoryview(bytearray(min(limit, _ASYNCIO_READ_SIZE)))
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        view = self._view
+        self._conn.data_received(view[:nbytes].tobytes())
+        if nbytes == len(view) < self._limit:
+            self._view = memoryview(bytearray(min(self._limit, 2 * nbytes)))
+
+    def eof_received(self) -> None:
+        self._conn.eof_received()  # returns None: the transport closes itself, as websockets wants
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._conn.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._conn.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._conn.resume_writing()
 
 
 class _ReadGuard(asyncio.BufferedProtocol):

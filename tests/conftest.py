@@ -4,7 +4,10 @@ Client-level tests (those using the ``client`` fixture, and every test of a modu
 that uses ``JsonClient``) run once per transport: ``[websockets]`` and ``[picows]``.
 The autouse ``transport`` fixture sets which one ``JsonClient._create_ws`` opens;
 without picows installed the ``[picows]`` runs skip, saying why. Mark a test
-``single_transport`` to run it on websockets only.
+``single_transport`` to run it on websockets only. A test that parametrises
+``transport`` itself may also name ``websockets_connect`` (websockets with the
+large reads of ``async_ws_stream.transports.websockets_connect``): the chaos and
+burst tests run on all three.
 """
 
 from __future__ import annotations
@@ -23,15 +26,16 @@ from websockets.asyncio.client import connect
 
 from async_ws_stream import AsyncWsStream
 from async_ws_stream.testing import FeedServer
-from async_ws_stream.transports import PICOWS_AVAILABLE, picows_connect
+from async_ws_stream.transports import PICOWS_AVAILABLE, picows_connect, websockets_connect
 
 TRANSPORTS = ("websockets", "picows")
+EVERY_TRANSPORT = (*TRANSPORTS, "websockets_connect")
 
 
 class JsonClient(AsyncWsStream[Any]):
     """The smallest useful subclass: JSON frames, recycled when the test says so."""
 
-    #: "websockets" or "picows": what _create_ws opens (set per test by the transport fixture).
+    #: One of EVERY_TRANSPORT: what _create_ws opens (set per test by the transport fixture).
     transport: ClassVar[str] = "websockets"
 
     def __init__(self, url: str, **options: Any) -> None:
@@ -43,6 +47,8 @@ class JsonClient(AsyncWsStream[Any]):
     async def _create_ws(self) -> Any:
         if self.transport == "picows":
             return await picows_connect(self.url, open_timeout=2, close_timeout=1)
+        if self.transport == "websockets_connect":
+            return await websockets_connect(self.url, open_timeout=2, close_timeout=1)
         return await connect(self.url, open_timeout=2, close_timeout=1)
 
     async def _when2create_new_ws(self) -> None:
@@ -64,15 +70,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     if any("transport" in marker.args[0] for marker in metafunc.definition.iter_markers("parametrize")):
         return  # the test chooses its transports itself
+    metafunc.parametrize("transport", transports(*TRANSPORTS), indirect=True)
+
+
+def transports(*names: str) -> list[Any]:
+    """Parameters for the ``transport`` fixture; picows skips, saying why, when it is not installed."""
     skip_picows = pytest.mark.skipif(
         not PICOWS_AVAILABLE,
         reason="picows is not installed; pip install 'async_ws_stream[fast]' to test the fast transport",
     )
-    metafunc.parametrize(
-        "transport",
-        [pytest.param(name, marks=skip_picows if name == "picows" else ()) for name in TRANSPORTS],
-        indirect=True,
-    )
+    return [pytest.param(name, marks=skip_picows if name == "picows" else ()) for name in names]
 
 
 @pytest.fixture(autouse=True)

@@ -12,10 +12,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 
 from async_ws_stream.testing import FeedServer
 
-from .conftest import JsonClient, hold_unread, settle
+from .conftest import EVERY_TRANSPORT, JsonClient, hold_unread, settle, transports
+
+pytestmark = pytest.mark.parametrize("transport", transports(*EVERY_TRANSPORT), indirect=True)
 
 BURST = 2_000  # frames of about 10 bytes: 20 kB, one read
 MAXSIZE = 100  # the burst is 20 times this

@@ -1,4 +1,4 @@
-"""Chaos: the client against a FeedServer that breaks at random, for ~13 s per transport.
+"""Chaos: the client against a FeedServer that breaks at random, for ~9 s on each of three transports.
 
 A seeded random schedule of faults (drops, stalls, refused, slow and
 accept-then-drop handshakes, garbage frames, clean closes, recycles) runs while
@@ -13,7 +13,7 @@ a per-connection sequence number. Then the faults stop and the test checks:
 * ``stats()`` reconciles with what the parser saw and what the streams got;
 * no task, connection or file descriptor is left over, and memory stayed flat.
 
-Environment: ``ASYNC_WS_STREAM_CHAOS_SECONDS`` (default 13, per transport) runs
+Environment: ``ASYNC_WS_STREAM_CHAOS_SECONDS`` (default 9, per transport) runs
 longer; ``ASYNC_WS_STREAM_CHAOS_SEED`` replays a schedule. The seed and the
 schedule are printed, so a failure shows how to reproduce it.
 """
@@ -36,9 +36,9 @@ from websockets.asyncio.server import ServerConnection
 from async_ws_stream import StreamOverflow
 from async_ws_stream.testing import FeedServer
 
-from .conftest import JsonClient, settle
+from .conftest import EVERY_TRANSPORT, JsonClient, settle, transports
 
-SECONDS = float(os.environ.get("ASYNC_WS_STREAM_CHAOS_SECONDS", "13"))
+SECONDS = float(os.environ.get("ASYNC_WS_STREAM_CHAOS_SECONDS", "9"))
 SEED = int(os.environ.get("ASYNC_WS_STREAM_CHAOS_SEED", str(random.SystemRandom().randrange(2**32))))
 
 BACKOFF_MAX = 0.25
@@ -210,6 +210,7 @@ async def inject_faults(
 
 
 @pytest.mark.timeout(SECONDS + 90)
+@pytest.mark.parametrize("transport", transports(*EVERY_TRANSPORT), indirect=True)
 async def test_chaos(transport: str) -> None:
     """Under random faults nothing is lost unaccounted, order holds, the client recovers, nothing leaks."""
     rng = random.Random(SEED)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import (
     ConcurrencyError,
     ConnectionClosed,
@@ -30,29 +31,13 @@ from async_ws_stream._backoff import fatal_error, retry_after
 from async_ws_stream.testing import FeedServer
 from async_ws_stream.transports import PICOWS_AVAILABLE, PicowsConnection, picows_connect
 
+from .tls import client_context, serve_tls
+
 pytestmark = pytest.mark.skipif(
     not PICOWS_AVAILABLE,
     reason="picows is not installed; pip install 'async_ws_stream[fast]' to test the fast transport",
 )
 
-# A self-signed certificate for 127.0.0.1 and localhost, valid 2000-2100 (made with openssl).
-KEY = """-----BEGIN PRIVATE KEY-----
-MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg7snot7O4gDUj/4IV
-/jOR0Vn4OS3ES72A+fr+TDLFXEuhRANCAAQRO8V3EWvAw9IYuL2SdAJCXaNGym83
-53puOBkQ3fP2rmaZ+v1h3I3tx4yrYVcoBcN0K45012pBdCXbEgeOdAGd
------END PRIVATE KEY-----
-"""
-CERT = """-----BEGIN CERTIFICATE-----
-MIIBaDCCAQ2gAwIBAgIBATAKBggqhkjOPQQDAjAUMRIwEAYDVQQDDAlsb2NhbGhv
-c3QwIBcNMDAwMTAxMDAwMDAwWhgPMjEwMDAxMDEwMDAwMDBaMBQxEjAQBgNVBAMM
-CWxvY2FsaG9zdDBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABBE7xXcRa8DD0hi4
-vZJ0AkJdo0bKbzfnem44GRDd8/auZpn6/WHcje3HjKthVygFw3QrjnTXakF0JdsS
-B450AZ2jTjBMMBoGA1UdEQQTMBGHBH8AAAGCCWxvY2FsaG9zdDAPBgNVHRMBAf8E
-BTADAQH/MB0GA1UdDgQWBBTjPKNfMkRmwSx+C/27MSk1KJX4nTAKBggqhkjOPQQD
-AgNJADBGAiEAj8nDBj+nUkXoxFNrQRVpTK/lClVKUpKDO6p48faRgh4CIQDoTAa6
-3Rv9maRGB4pK8bmfWDsLqsN/k4JdW/TsnFS4AQ==
------END CERTIFICATE-----
-"""
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -217,12 +202,9 @@ async def test_reading_pauses_above_the_high_water_mark_and_resumes(server: Feed
         await ws.close()
 
 
-async def test_one_read_hands_picows_at_most_read_limit_bytes(
-    server: FeedServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Each read is capped at READ_LIMIT bytes, so the backlog never passes the mark by more than one read."""
-    monkeypatch.setattr(transports, "READ_LIMIT", 4096)
-    ws = await picows_connect(server.url, max_queue=(8, 2))
+async def test_one_read_hands_picows_at_most_read_size_bytes(server: FeedServer) -> None:
+    """Each read is capped at read_size bytes, so the backlog never passes the mark by more than one read."""
+    ws = await picows_connect(server.url, max_queue=(8, 2), read_size=4096)
     try:
         await server.wait_connections(1)
         ws.transport.pause_reading()  # let 20 kB wait in the socket
@@ -472,26 +454,14 @@ async def test_open_timeout_raises_timeout_error_and_closes_the_socket(
 
 
 @pytest.fixture
-async def tls_url(tmp_path: Any) -> AsyncIterator[str]:
-    """A websockets server over TLS that greets every client with "hello"."""
-    (tmp_path / "key.pem").write_text(KEY)
-    (tmp_path / "cert.pem").write_text(CERT)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
-
-    async def greet(conn: ServerConnection) -> None:
-        await conn.send("hello")
-        await conn.wait_closed()
-
-    async with serve(greet, "127.0.0.1", 0, ssl=context) as tls:
-        port = tls.sockets[0].getsockname()[1]
-        yield f"wss://127.0.0.1:{port}/"
+async def tls_url(tmp_path: Path) -> AsyncIterator[str]:
+    async for url in serve_tls(tmp_path):
+        yield url
 
 
 async def test_tls_with_a_trusted_certificate(tls_url: str) -> None:
     """wss:// with an ssl context that trusts the server: the messages arrive over TLS."""
-    context = ssl.create_default_context(cadata=CERT)
-    ws = await picows_connect(tls_url, ssl=context)
+    ws = await picows_connect(tls_url, ssl=client_context())
     try:
         assert await ws.recv() == "hello"
         assert ws.transport.get_extra_info("ssl_object") is not None
@@ -515,6 +485,7 @@ async def test_tls_refuses_an_untrusted_certificate(tls_url: str) -> None:
         ({"max_size": 0}, "max_size must be an int >= 1 or None, got 0"),
         ({"ping_interval": 0}, "ping_interval must be a number > 0 or None, got 0"),
         ({"ssl": ssl.create_default_context()}, "ssl was given for a ws:// URL"),
+        ({"read_size": 0}, "picows_connect: read_size must be an int >= 1 .*got 0"),
     ],
 )
 async def test_bad_arguments_name_the_argument_and_value(options: dict[str, Any], words: str) -> None:
