@@ -407,12 +407,15 @@ def _anchor_pairs(clause: Clause) -> list[tuple[int, Path, Any]]:
     ]
 
 
-# An entry as a bucket holds it: (target, clause, others, simple, multi). ``others`` are
-# the pairs the bucket's key does not already prove, the only ones match() checks; when
-# ``simple`` they are all one-step equalities, which match() checks inline.
+# An entry as a bucket holds it: (target, clause, others, simple, multi, alone). ``others``
+# are the pairs the bucket's key does not already prove, the only ones match() checks;
+# when ``simple`` they are all one-step equalities, which match() checks inline.
 # ``multi`` is the subscription when it has several clauses (so it may be found twice
 # and match() must stamp it), else None: a plain filter costs no look at its subscription.
-_Anchored = tuple[Any, Clause, tuple[Any, ...], bool, Subscription[Any] | None]
+# ``alone`` is ``(target,)``, what match() returns when nothing else matches: most
+# messages match one filter, and a result built per message is a list to allocate and,
+# under load, work for the garbage collector.
+_Anchored = tuple[Any, Clause, tuple[Any, ...], bool, Subscription[Any] | None, tuple[Any]]
 
 
 class Index(Generic[T]):
@@ -546,7 +549,7 @@ class Index(Generic[T]):
             members = buckets[value] = {}
         simple = bool(rest) and all(not steps and not is_predicate for _, steps, _, is_predicate in rest)
         sub = entry[0]
-        members[entry] = (sub.target, clause, rest, simple, sub if len(sub.clauses) > 1 else None)
+        members[entry] = (sub.target, clause, rest, simple, sub if len(sub.clauses) > 1 else None, (sub.target,))
         self._dirty_buckets.add((path, value))
         return path
 
@@ -663,11 +666,12 @@ class Index(Generic[T]):
             if not self._scan_callables:
                 return everyone
             self._tick += 1
-            found = self._match_scan(self._scan_callables, msg, everyone, None)
-            return everyone if found is None else found
+            matched = self._match_scan(self._scan_callables, msg, everyone, None)
+            return everyone if matched is None else matched
         self._tick = tick = self._tick + 1
         on_error = self._on_error
         result: list[T] | None = None
+        found: tuple[T] | None = None  # the one match so far, while there is one and no everyone
         for key, rest, lookup in self._paths:
             value = msg.get(key, _MISSING)
             if value is _MISSING:
@@ -681,11 +685,13 @@ class Index(Generic[T]):
             except TypeError:
                 # The field is unhashable (a list, a dict, a set...) yet may still == a
                 # filter value, as {1} == frozenset({1}): check every clause on this path.
+                if result is None and found is not None:
+                    result = list(found)
                 result = self._match_unhashable(lookup, msg, everyone, result)
                 continue
             if entries is None:
                 continue
-            for target, clause, others, simple, multi in entries:
+            for target, clause, others, simple, multi, alone in entries:
                 if multi is not None and multi._seen == tick:
                     continue
                 # The lookup proved the anchor pair equal; only the others need checking.
@@ -703,12 +709,20 @@ class Index(Generic[T]):
                     continue
                 if multi is not None:
                     multi._seen = tick
-                if result is None:
-                    result = list(everyone)
-                result.append(target)
+                if result is not None:
+                    result.append(target)
+                elif found is None and not everyone:
+                    found = alone
+                else:
+                    result = list(everyone if found is None else found)
+                    result.append(target)
         if self._scan:
+            if result is None and found is not None:
+                result = list(found)
             result = self._match_scan(self._scan, msg, everyone, result)
-        return everyone if result is None else result
+        if result is not None:
+            return result
+        return everyone if found is None else found
 
     def _match_unhashable(
         self,
@@ -721,7 +735,7 @@ class Index(Generic[T]):
         tick = self._tick
         on_error = self._on_error
         for entries in lookup.values():
-            for target, clause, _, _, multi in entries:
+            for target, clause, _, _, multi, _ in entries:
                 if multi is not None and multi._seen == tick:
                     continue
                 if not clause.matches(msg, on_error):
