@@ -13,21 +13,24 @@ from typing import Any
 
 import orjson
 import websockets
-from websockets.asyncio.client import connect
 
 # Run from a checkout without installing: the package is one directory up.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from async_ws_stream import AsyncWsStream  # noqa: E402
+from async_ws_stream.transports import DEFAULT_READ_SIZE, websockets_connect  # noqa: E402
 
 loads = orjson.loads
 
 
 class BenchClient(AsyncWsStream[Any]):
-    """The client as a user writes it: connect, never recycle, parse with orjson in a plain ``def``.
+    """The client as a user writes it for a ws:// feed: ``websockets_connect``, never recycle, orjson in a ``def``.
 
     ``commands`` go out on every new connection from ``_on_connect`` (a subscription).
+    ``read_size`` is what ``websockets_connect`` gets (``--read-size`` in throughput.py).
     """
+
+    read_size = DEFAULT_READ_SIZE
 
     def __init__(self, url: str, *, commands: Sequence[Any] = (), recycle_every: float | None = None,
                  **options: Any) -> None:
@@ -37,7 +40,7 @@ class BenchClient(AsyncWsStream[Any]):
         self.recycle_every = recycle_every
 
     async def _create_ws(self) -> Any:
-        return await connect(self.url)
+        return await websockets_connect(self.url, read_size=self.read_size)
 
     async def _when2create_new_ws(self) -> None:
         if self.recycle_every is None:

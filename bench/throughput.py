@@ -40,7 +40,7 @@ from websockets.asyncio.client import connect
 from _common import BenchClient, load_average, loads, machine, spread
 from _feed import CYCLE, SYMBOLS, LoadServer, server_cpu, sink_rate, symbol
 
-from async_ws_stream.transports import PICOWS_AVAILABLE, picows_connect
+from async_ws_stream.transports import DEFAULT_READ_SIZE, PICOWS_AVAILABLE, picows_connect, websockets_connect
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OLD_PYTHON = "/work/venv-old/bin/python"
@@ -84,7 +84,16 @@ Round = Callable[[str, int, Meter], Awaitable[list[str]]]
 
 async def round_bare(url: str, n: int, meter: Meter) -> list[str]:
     """The baseline: websockets' own receive loop and the same parse, nothing else."""
-    async with connect(url) as ws:
+    return await _bare_loop(await connect(url), n, meter)
+
+
+async def round_bare_large_reads(url: str, n: int, meter: Meter) -> list[str]:
+    """The same loop on the connection our client uses: does the read size alone move the baseline?"""
+    return await _bare_loop(await websockets_connect(url, read_size=BenchClient.read_size), n, meter)
+
+
+async def _bare_loop(ws: Any, n: int, meter: Meter) -> list[str]:
+    async with ws:
         await meter.start()
         await ws.send(blast(n))
         count = expect = bad = 0
@@ -192,6 +201,18 @@ async def round_1k_streams(url: str, n: int, meter: Meter) -> list[str]:
     return await _symbol_streams(url, n, meter, idle=0)
 
 
+class PlainConnectBenchClient(BenchClient):
+    """The client on plain ``websockets.connect``: asyncio's 256 KiB reads."""
+
+    async def _create_ws(self) -> Any:
+        return await connect(self.url)
+
+
+async def round_1k_streams_plain_connect(url: str, n: int, meter: Meter) -> list[str]:
+    """The 1,000 streams on ``websockets.connect``: what the read size is worth."""
+    return await _symbol_streams(url, n, meter, idle=0, client_class=PlainConnectBenchClient)
+
+
 async def round_10k_streams(url: str, n: int, meter: Meter) -> list[str]:
     """The 1,000 streams plus 9,000 (with consumers) whose symbols never come."""
     return await _symbol_streams(url, n, meter, idle=9 * SYMBOLS)
@@ -244,7 +265,7 @@ class PicowsBenchClient(BenchClient):
     """The same client on the picows transport: only ``_create_ws`` changes."""
 
     async def _create_ws(self) -> Any:
-        return await picows_connect(self.url)
+        return await picows_connect(self.url, read_size=self.read_size)
 
 
 async def round_bare_picows(url: str, n: int, meter: Meter) -> list[str]:
@@ -327,10 +348,15 @@ class Case:
     problems: list[str] = field(default_factory=list)
 
 
+BARE_LARGE = "bare websockets loop, websockets_connect"
+K1_PLAIN = "AsyncWsStream, 1,000 streams, websockets.connect"
+
 CASES: list[Case] = [
     Case("bare websockets loop (baseline)", round_bare),
+    Case(BARE_LARGE, round_bare_large_reads),
     Case("AsyncWsStream, 1 stream", round_one_stream),
     Case("AsyncWsStream, 1,000 streams", round_1k_streams),
+    Case(K1_PLAIN, round_1k_streams_plain_connect),
     Case("AsyncWsStream, 10,000 streams", round_10k_streams),
     Case("AsyncWsStream, 1 sync handler", round_sync_handler),
     Case("AsyncWsStream, 1 async handler", round_async_handler),
@@ -411,7 +437,12 @@ def report(cases: list[Case], args: argparse.Namespace, capacity: float, old_not
             parts.append(f"10,000 / 1,000 streams: {k10 / k1:.3f}")
         if one and old:
             parts.append(f"1 stream / older package: {one / old:,.0f}x")
-        p1, p1k, base = med.get(PICOWS_ONE), med.get(PICOWS_1K), med[cases[0].name]
+        base, bare_large, plain = med[cases[0].name], med.get(BARE_LARGE), med.get(K1_PLAIN)
+        if k1:
+            parts.append(f"1,000 streams / baseline: {k1 / base:.3f} (issue 5 asks >= 0.65)"
+                         + (f", / the bare loop on the same reads: {k1 / bare_large:.3f}" if bare_large else "")
+                         + (f", on websockets.connect: {plain / base:.3f}" if plain else ""))
+        p1, p1k = med.get(PICOWS_ONE), med.get(PICOWS_1K)
         if p1 and p1k:
             parts.append(f"on picows / baseline: 1 stream {p1 / base:.2f} (issue 7 asks >= 1.5), "
                          f"1,000 streams {p1k / base:.2f} (>= 1.0)")
@@ -435,8 +466,12 @@ def main() -> int:
     parser.add_argument("--no-old", action="store_true", help="skip the older package")
     parser.add_argument("--only", action="append", default=[],
                         help="run only the cases whose name contains this (repeatable; the baseline always runs)")
+    parser.add_argument("--read-size", type=int, default=DEFAULT_READ_SIZE,
+                        help="bytes per socket read for the client's transports (websockets_connect and "
+                             f"picows_connect; default {DEFAULT_READ_SIZE:,})")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every round as it ends")
     args = parser.parse_args()
+    BenchClient.read_size = args.read_size
     if args.quick:
         args.rounds, args.messages = 2, 100_000
     global OLD_PYTHON
