@@ -58,6 +58,9 @@ class Meter:
     seconds are what a user sees. On a quiet machine the two agree.
     """
 
+    #: --gc-freeze: move everything a round set up out of the cyclic GC's sight while it runs.
+    freeze = False
+
     def __init__(self, control: Any) -> None:
         self._control = control
         self.seconds = 0.0
@@ -66,6 +69,9 @@ class Meter:
         self._t0 = self._cpu0 = self._server0 = 0.0
 
     async def start(self) -> None:
+        if self.freeze:
+            gc.collect()
+            gc.freeze()
         self._server0 = await server_cpu(self._control)
         self._t0 = time.perf_counter()
         self._cpu0 = time.process_time()
@@ -407,6 +413,7 @@ async def run(url: str, cases: list[Case], rounds: int, n: int, show: bool) -> N
                     busy = "" if meter.server_busy != meter.server_busy else f", server busy {meter.server_busy:.0%}"
                     print(f"  round {r + 1} {case.name}: {rate / 1000:,.1f}k/s, {cpu_rate / 1000:,.1f}k/CPU-s"
                           f"{busy}{' PROBLEMS' if problems else ''}", file=sys.stderr, flush=True)
+                gc.unfreeze()  # --gc-freeze: what the round froze can go now
                 gc.collect()
 
 
@@ -416,7 +423,8 @@ def report(cases: list[Case], args: argparse.Namespace, capacity: float, old_not
     base_wall = statistics.median(wall[cases[0].name])
     base_cpu = statistics.median(cpu[cases[0].name])
     print(f"\nthroughput: {args.rounds} rounds of {args.messages:,} messages ({time.strftime('%Y-%m-%d')}; "
-          f"{machine()}; load average {load_average()} at the end)")
+          f"{machine()}; load average {load_average()} at the end; read size {args.read_size:,}"
+          f"{'; gc.freeze() in every round' if args.gc_freeze else ''})")
     print(f"load server alone, to a reader that only counts bytes: {capacity / 1000:,.0f}k frames/s\n")
     print("| case | messages/s, median [min-max] | ratio | messages per CPU-second | ratio | server busy |")
     print("|---|---|---|---|---|---|")
@@ -469,9 +477,13 @@ def main() -> int:
     parser.add_argument("--read-size", type=int, default=DEFAULT_READ_SIZE,
                         help="bytes per socket read for the client's transports (websockets_connect and "
                              f"picows_connect; default {DEFAULT_READ_SIZE:,})")
+    parser.add_argument("--gc-freeze", action="store_true",
+                        help="gc.freeze() once a round has set up its streams, as a program with thousands of "
+                             "long-lived streams may (shows what the cyclic GC costs them)")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every round as it ends")
     args = parser.parse_args()
     BenchClient.read_size = args.read_size
+    Meter.freeze = args.gc_freeze
     if args.quick:
         args.rounds, args.messages = 2, 100_000
     global OLD_PYTHON
