@@ -407,15 +407,12 @@ def _anchor_pairs(clause: Clause) -> list[tuple[int, Path, Any]]:
     ]
 
 
-# An entry as a bucket holds it: (target, clause, others, simple, multi, alone). ``others``
-# are the pairs the bucket's key does not already prove, the only ones match() checks;
-# when ``simple`` they are all one-step equalities, which match() checks inline.
+# An entry as a bucket holds it: (target, clause, others, simple, multi). ``others`` are
+# the pairs the bucket's key does not already prove, the only ones match() checks; when
+# ``simple`` they are all one-step equalities, which match() checks inline.
 # ``multi`` is the subscription when it has several clauses (so it may be found twice
 # and match() must stamp it), else None: a plain filter costs no look at its subscription.
-# ``alone`` is ``(target,)``, what match() returns when nothing else matches: most
-# messages match one filter, and a result built per message is a list to allocate and,
-# under load, work for the garbage collector.
-_Anchored = tuple[Any, Clause, tuple[Any, ...], bool, Subscription[Any] | None, tuple[Any]]
+_Anchored = tuple[Any, Clause, tuple[Any, ...], bool, Subscription[Any] | None]
 
 
 class Index(Generic[T]):
@@ -549,7 +546,7 @@ class Index(Generic[T]):
             members = buckets[value] = {}
         simple = bool(rest) and all(not steps and not is_predicate for _, steps, _, is_predicate in rest)
         sub = entry[0]
-        members[entry] = (sub.target, clause, rest, simple, sub if len(sub.clauses) > 1 else None, (sub.target,))
+        members[entry] = (sub.target, clause, rest, simple, sub if len(sub.clauses) > 1 else None)
         self._dirty_buckets.add((path, value))
         return path
 
@@ -671,7 +668,9 @@ class Index(Generic[T]):
         self._tick = tick = self._tick + 1
         on_error = self._on_error
         result: list[T] | None = None
-        found: tuple[T] | None = None  # the one match so far, while there is one and no everyone
+        # Most messages match one filter: while there is one match and no everyone, it is
+        # kept as a 1-tuple, cheaper to make than a list to append to.
+        found: tuple[T] | None = None
         for key, rest, lookup in self._paths:
             value = msg.get(key, _MISSING)
             if value is _MISSING:
@@ -691,7 +690,7 @@ class Index(Generic[T]):
                 continue
             if entries is None:
                 continue
-            for target, clause, others, simple, multi, alone in entries:
+            for target, clause, others, simple, multi in entries:
                 if multi is not None and multi._seen == tick:
                     continue
                 # The lookup proved the anchor pair equal; only the others need checking.
@@ -712,7 +711,7 @@ class Index(Generic[T]):
                 if result is not None:
                     result.append(target)
                 elif found is None and not everyone:
-                    found = alone
+                    found = (target,)
                 else:
                     result = list(everyone if found is None else found)
                     result.append(target)
@@ -735,7 +734,7 @@ class Index(Generic[T]):
         tick = self._tick
         on_error = self._on_error
         for entries in lookup.values():
-            for target, clause, _, _, multi, _ in entries:
+            for target, clause, _, _, multi in entries:
                 if multi is not None and multi._seen == tick:
                     continue
                 if not clause.matches(msg, on_error):

@@ -102,7 +102,6 @@ class Stream(Generic[M]):
         "_state",
         "_waiter",
         "_woken",
-        "_yield_at",
         "dropped",
     )
 
@@ -127,7 +126,6 @@ class Stream(Generic[M]):
         self._end_error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._woken = False  # resolved our waiter; the consumer has not run since
-        self._yield_at = max(1, maxsize // 2)  # the buffer length that asks the pump to yield
         self._loop: asyncio.AbstractEventLoop | None = None  # learnt at the first wait
         self._dropping = False
         self._episode_drops = 0
@@ -267,7 +265,7 @@ class Stream(Generic[M]):
             if not waiter.done():
                 waiter.set_result(None)
                 self._woken = True
-        if self._woken and len(buf) >= self._yield_at:
+        if self._woken and 2 * len(buf) >= self._maxsize:  # half full
             self._counters.crowded = True
 
     def _finish(self, error: BaseException | None = None) -> None:

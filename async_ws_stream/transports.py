@@ -9,7 +9,7 @@ task switch; bigger reads share each switch among more messages. Reads are only
 as big as the data waiting in the socket, so this changes nothing on a quiet
 feed.
 
-Its frame handling costs a few microseconds per message; picows (Cython, on
+websockets' frame handling costs a few microseconds per message; picows (Cython, on
 PyPI, ``pip install 'async_ws_stream[fast]'``) costs a fraction of that. Return
 :func:`picows_connect` from ``_create_ws`` and nothing else changes::
 
