@@ -18,6 +18,7 @@ import fcntl
 import json
 import termios
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
@@ -27,6 +28,8 @@ from websockets.asyncio.client import connect
 from async_ws_stream import AsyncWsStream
 from async_ws_stream.testing import FeedServer
 from async_ws_stream.transports import PICOWS_AVAILABLE, picows_connect, websockets_connect
+
+from .tls import serve_tls
 
 TRANSPORTS = ("websockets", "picows")
 EVERY_TRANSPORT = (*TRANSPORTS, "websockets_connect")
@@ -103,6 +106,13 @@ async def client(server: FeedServer) -> AsyncIterator[JsonClient]:
         yield c
     finally:
         await c.exit()
+
+
+@pytest.fixture
+async def tls_url(tmp_path: Path) -> AsyncIterator[str]:
+    """A wss:// server on loopback that greets every client with "hello" (trust it with tls.client_context())."""
+    async for url in serve_tls(tmp_path):
+        yield url
 
 
 @pytest.fixture

@@ -9,8 +9,6 @@ whole client on this transport too.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import ClientConnection
@@ -21,7 +19,7 @@ from async_ws_stream.testing import FeedServer
 from async_ws_stream.transports import DEFAULT_READ_SIZE, websockets_connect
 
 from .conftest import hold_unread
-from .tls import client_context, serve_tls
+from .tls import client_context
 
 FRAMES = 400  # of about 100 bytes: 40 kB
 PAD = "x" * 85
@@ -126,12 +124,6 @@ async def test_a_bad_read_size_is_refused_before_connecting(read_size: object) -
     """The message names the function, the option and the value."""
     with pytest.raises(ValueError, match=r"websockets_connect: read_size must be an int >= 1 .*got"):
         await websockets_connect("ws://127.0.0.1:9/", read_size=read_size)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-async def tls_url(tmp_path: Path) -> AsyncIterator[str]:
-    async for url in serve_tls(tmp_path):
-        yield url
 
 
 async def test_over_tls_the_connection_is_left_as_websockets_made_it(tls_url: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,7 +30,7 @@ from async_ws_stream._backoff import fatal_error, retry_after
 from async_ws_stream.testing import FeedServer
 from async_ws_stream.transports import PICOWS_AVAILABLE, PicowsConnection, picows_connect
 
-from .tls import client_context, serve_tls
+from .tls import client_context
 
 pytestmark = pytest.mark.skipif(
     not PICOWS_AVAILABLE,
@@ -451,12 +450,6 @@ async def test_open_timeout_raises_timeout_error_and_closes_the_socket(
 
 
 # -- TLS -----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def tls_url(tmp_path: Path) -> AsyncIterator[str]:
-    async for url in serve_tls(tmp_path):
-        yield url
 
 
 async def test_tls_with_a_trusted_certificate(tls_url: str) -> None:
