@@ -838,7 +838,34 @@ def _check_read_size(where: str, read_size: object) -> None:
         raise ValueError(f"{where}: read_size must be an int >= 1 (bytes per socket read), got {read_size!r}")
 
 
-class _LargeReads(asyncio.BufferedProtocol):
+class _Interposed(asyncio.BufferedProtocol):
+    """Stands between an asyncio transport and the protocol it fed (``inner``), forwarding what it does not change.
+
+    The subclasses decide what a read is; closing, end of file and write flow
+    control pass through untouched.
+    """
+
+    __slots__ = ("_inner", "_limit")
+
+    def __init__(self, inner: Any, limit: int) -> None:
+        self._inner = inner
+        self._limit = limit
+
+    def eof_received(self) -> bool | None:
+        keep_open: bool | None = self._inner.eof_received()
+        return keep_open
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
+class _LargeReads(_Interposed):
     """Stands between asyncio's socket transport and a websockets connection, to read more at once.
 
     A plain ``asyncio.Protocol`` (as websockets' connection is) gets what the
@@ -849,11 +876,10 @@ class _LargeReads(asyncio.BufferedProtocol):
     read, not per frame.
     """
 
-    __slots__ = ("_conn", "_limit", "_view")
+    __slots__ = ("_view",)
 
     def __init__(self, conn: ClientConnection, limit: int) -> None:
-        self._conn = conn
-        self._limit = limit
+        super().__init__(conn, limit)
         self._view = memoryview(bytearray(min(limit, _ASYNCIO_READ_SIZE)))
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -861,24 +887,12 @@ class _LargeReads(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         view = self._view
-        self._conn.data_received(view[:nbytes].tobytes())
+        self._inner.data_received(view[:nbytes].tobytes())
         if nbytes == len(view) < self._limit:
             self._view = memoryview(bytearray(min(self._limit, 2 * nbytes)))
 
-    def eof_received(self) -> None:
-        self._conn.eof_received()  # returns None: the transport closes itself, as websockets wants
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._conn.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self._conn.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._conn.resume_writing()
-
-
-class _ReadGuard(asyncio.BufferedProtocol):
+class _ReadGuard(_Interposed):
     """Stands between the transport and picows' protocol: caps each read, and notices picows failing.
 
     Capping each read at ``limit`` bytes is what makes the receive buffer's
@@ -889,34 +903,21 @@ class _ReadGuard(asyncio.BufferedProtocol):
     Costs a few calls per read, not per frame.
     """
 
-    __slots__ = ("_conn", "_limit", "_protocol")
+    __slots__ = ("_conn",)
 
     def __init__(self, protocol: Any, conn: PicowsConnection, limit: int) -> None:
-        self._protocol = protocol
+        super().__init__(protocol, limit)
         self._conn = conn
-        self._limit = limit
 
     def get_buffer(self, sizehint: int) -> Any:
-        buffer = self._protocol.get_buffer(sizehint)
+        buffer = self._inner.get_buffer(sizehint)
         return buffer if len(buffer) <= self._limit else buffer[: self._limit]
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._protocol.buffer_updated(nbytes)
+        self._inner.buffer_updated(nbytes)
         conn = self._conn
         if conn._sent is None and conn._ws.is_close_frame_sent:
             conn._failed_by_picows()
-
-    def eof_received(self) -> bool | None:
-        return self._protocol.eof_received()  # type: ignore[no-any-return]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._protocol.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self._protocol.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._protocol.resume_writing()
 
 
 def _literal_address(host: str, port: int) -> list[tuple[Any, Any, Any, str, Any]] | None:
