@@ -1,20 +1,36 @@
-"""Pure retry policy: the delays between reconnect attempts, and which failures are final.
+"""Pure retry policy: when to try a connection again, how long to wait first, when to stop.
 
-Nothing here awaits or does I/O, so the whole policy is tested without a loop.
+Nothing here awaits, sleeps or reads a clock: the supervisor tells the policy what
+happened (an attempt failed, a connection lasted so long, a recycle was asked for
+at such an age) and the policy answers with a delay or a verdict. So the whole
+policy is tested without an event loop, like ``websockets.client.backoff()``.
+
+One :class:`RetryPolicy` serves both ways a client opens a connection: a reconnect
+after a loss, and the successor of a recycle.
 """
 
 from __future__ import annotations
 
 import math
-import random
+import random as _random
 import re
+import ssl
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 
-from .exceptions import ConnectionRejected
+from ._options import (
+    DEFAULT_BACKOFF_FACTOR,
+    DEFAULT_BACKOFF_INITIAL,
+    DEFAULT_BACKOFF_JITTER,
+    DEFAULT_BACKOFF_MAX,
+    DEFAULT_STABLE_AFTER,
+)
+from ._redact import describe
+from .exceptions import AsyncWsStreamError, ConnectionRejected, RetriesExhausted
 
 __all__ = [
     "DEFAULT_BACKOFF_FACTOR",
@@ -24,15 +40,13 @@ __all__ = [
     "FATAL_CLOSE_CODES",
     "FATAL_STATUSES",
     "MAX_RETRY_AFTER",
+    "GiveUp",
+    "Retry",
+    "RetryPolicy",
     "backoff_delays",
     "fatal_error",
     "retry_after",
 ]
-
-DEFAULT_BACKOFF_INITIAL = 0.5
-DEFAULT_BACKOFF_FACTOR = 2.0
-DEFAULT_BACKOFF_MAX = 30.0
-DEFAULT_BACKOFF_JITTER = 0.5
 
 FATAL_STATUSES = frozenset({401, 403})
 FATAL_CLOSE_CODES = frozenset({1008})  # plus the application range 4000-4999
@@ -52,7 +66,7 @@ def backoff_delays(
     maximum: float = DEFAULT_BACKOFF_MAX,
     jitter: float = DEFAULT_BACKOFF_JITTER,
     *,
-    random: Callable[[], float] = random.random,
+    random: Callable[[], float] = _random.random,
 ) -> Iterator[float]:
     """Yield the delay before each retry, forever.
 
@@ -71,13 +85,39 @@ def backoff_delays(
         base = min(base * factor, maximum)
 
 
+# Raised by code, not by the network: a bug in a hook, or a dependency that is not
+# installed. The same call fails the same way on every attempt.
+_PROGRAMMING_ERRORS = (TypeError, AttributeError, NameError, NotImplementedError, ImportError)
+
+
 def fatal_error(exc: BaseException) -> ConnectionRejected | None:
     """Return the error to end the client with when ``exc`` must not be retried, else None.
 
-    A handshake answered 401 or 403 (bad credentials, banned key) and a close
-    code 1008 or 4000-4999 (the server's own "go away") will not get better by
-    retrying. Everything else (network errors, 5xx, 429, other closes) is retried.
+    These will not get better by retrying, so they end the client at once:
+
+    * a handshake answered 401 or 403 (bad credentials, banned key);
+    * a close code 1008 or 4000-4999 (the server's own "go away");
+    * an invalid URI (``http://...``, a typo), and a TLS certificate that fails
+      verification;
+    * a programming error raised by a hook (``TypeError``, ``AttributeError``,
+      ``NameError``, ``NotImplementedError``, ``ImportError``).
+
+    Everything else (network errors, timeouts, 5xx, 429, other closes) is retried.
     """
+    if isinstance(exc, InvalidURI):
+        return ConnectionRejected(
+            f"the URI is not a websocket URI ({describe(exc)}); fix the URL that _create_ws connects to",
+        )
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return ConnectionRejected(
+            f"the server's TLS certificate failed verification ({describe(exc)}); fix the certificate "
+            "or the ssl context given to connect, or override _is_fatal() to keep retrying",
+        )
+    if isinstance(exc, _PROGRAMMING_ERRORS):
+        return ConnectionRejected(
+            f"opening a connection raised {describe(exc)}: a bug in _create_ws or _on_connect, or a "
+            "missing dependency, which retrying cannot fix",
+        )
     if isinstance(exc, InvalidStatus):
         status = exc.response.status_code
         if status in FATAL_STATUSES:
@@ -132,3 +172,141 @@ def retry_after(exc: BaseException, *, now: datetime | None = None) -> float | N
     if not math.isfinite(seconds):
         return MAX_RETRY_AFTER
     return min(max(0.0, seconds), MAX_RETRY_AFTER)
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """The verdict on a failed attempt: try again after ``delay`` seconds.
+
+    Attributes:
+        attempt: How many consecutive attempts have failed, this one included (1, 2, ...).
+        delay: Seconds to wait before the next attempt (0.0 for the first retry).
+        cause: What the failed attempt raised, or why the connection ended.
+    """
+
+    attempt: int
+    delay: float
+    cause: BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """The verdict on a failed attempt: stop; end the client with ``error``.
+
+    ``error`` is a :exc:`ConnectionRejected` (the failure is fatal) or a
+    :exc:`RetriesExhausted` (``max_retries`` ran out), with the failure chained
+    as its ``__cause__``.
+    """
+
+    error: AsyncWsStreamError
+
+
+class RetryPolicy:
+    """Counts failed attempts, spaces them out, and decides when to stop. Pure: no clock, no I/O.
+
+    The supervisor reports three things; the policy answers each:
+
+    * :meth:`failed`: an attempt to open a connection failed (``_create_ws`` or
+      ``_on_connect`` raised), or a connection ended. The answer is a
+      :class:`GiveUp` when the failure is fatal (``is_fatal``) or when
+      ``max_retries`` consecutive attempts have already failed; else a
+      :class:`Retry` with the delay, ``backoff_delays`` and the server's
+      ``Retry-After`` (the longer of the two).
+    * :meth:`lasted`: a connection stayed up ``uptime`` seconds before it ended
+      (by loss) or before its recycle was asked for. At ``stable_after`` or more,
+      the count and the delays start over; less, and the connection counts for
+      nothing, so a server that accepts and drops cannot cause a storm.
+    * :meth:`recycle_delay`: the recycle trigger fired at a connection's ``age``.
+      On time (``stable_after`` or more) it resets the count, as :meth:`lasted` does.
+      A trigger that fires sooner than ``stable_after`` (one that raises or
+      returns at once, every time) is paced by the same delays, so it cannot
+      open connections in a tight loop; it does not spend ``max_retries``,
+      since the connection it would replace is still serving.
+
+    The same counter serves reconnects and the successors of recycles: a
+    recycle whose new connection keeps failing gives up the client after
+    ``max_retries`` attempts, exactly as a reconnect does.
+
+    Args:
+        initial, factor, maximum, jitter: The delays; see :func:`backoff_delays`.
+        max_retries: Consecutive failed attempts allowed; None: no limit.
+        stable_after: Seconds a connection must last to reset the count.
+        is_fatal: Decides which failures end the client (default :func:`fatal_error`).
+        random: The source of jitter, for tests.
+    """
+
+    __slots__ = (
+        "_delays",
+        "_is_fatal",
+        "_random",
+        "attempts",
+        "factor",
+        "initial",
+        "jitter",
+        "max_retries",
+        "maximum",
+        "stable_after",
+    )
+
+    def __init__(
+        self,
+        *,
+        initial: float = DEFAULT_BACKOFF_INITIAL,
+        factor: float = DEFAULT_BACKOFF_FACTOR,
+        maximum: float = DEFAULT_BACKOFF_MAX,
+        jitter: float = DEFAULT_BACKOFF_JITTER,
+        max_retries: int | None = None,
+        stable_after: float = DEFAULT_STABLE_AFTER,
+        is_fatal: Callable[[BaseException], ConnectionRejected | None] = fatal_error,
+        random: Callable[[], float] = _random.random,
+    ) -> None:
+        self.initial = initial
+        self.factor = factor
+        self.maximum = maximum
+        self.jitter = jitter
+        self.max_retries = max_retries
+        self.stable_after = stable_after
+        self._is_fatal = is_fatal
+        self._random = random
+        #: Consecutive failed attempts since a connection last stayed up ``stable_after``.
+        self.attempts = 0
+        self._delays = self._fresh_delays()
+
+    def __repr__(self) -> str:
+        return f"<RetryPolicy attempts={self.attempts} max_retries={self.max_retries}>"
+
+    def _fresh_delays(self) -> Iterator[float]:
+        return backoff_delays(self.initial, self.factor, self.maximum, self.jitter, random=self._random)
+
+    def failed(self, cause: BaseException) -> Retry | GiveUp:
+        """Judge one failed attempt (or the end of a connection); see the class docstring."""
+        fatal = self._is_fatal(cause)
+        if fatal is not None:
+            fatal.__cause__ = cause
+            return GiveUp(fatal)
+        if self.max_retries is not None and self.attempts >= self.max_retries:
+            error = RetriesExhausted(f"gave up after {self.attempts} retries; last failure: {describe(cause)}")
+            error.__cause__ = cause
+            return GiveUp(error)
+        self.attempts += 1
+        return Retry(self.attempts, max(next(self._delays), retry_after(cause) or 0.0), cause)
+
+    def lasted(self, uptime: float) -> bool:
+        """Note that a connection stayed up ``uptime`` seconds; return True if that reset the count."""
+        if uptime < self.stable_after:
+            return False
+        self.attempts = 0
+        self._delays = self._fresh_delays()
+        return True
+
+    def recycle_delay(self, age: float) -> float | None:
+        """Pace a recycle asked for at a connection's ``age`` (seconds).
+
+        Returns None when the recycle is on time (``age >= stable_after``: the
+        count starts over and the successor opens at once), else the seconds to
+        wait before opening the successor, the next of the delays (0.0 the first
+        time, as for a first retry).
+        """
+        if self.lasted(age):
+            return None
+        return next(self._delays)

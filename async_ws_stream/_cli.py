@@ -23,7 +23,8 @@ from typing import IO, Any
 from loguru import logger
 from websockets.asyncio.client import ClientConnection, connect
 
-from ._client import AsyncWsStream, describe
+from ._client import AsyncWsStream
+from ._redact import describe
 from ._streams import Stream
 from .exceptions import AsyncWsStreamError
 

@@ -1,30 +1,8 @@
-"""Compiled message filters and the index that routes each message to its consumers.
+"""The index that routes each message to the consumers whose filters can match it.
 
-This module is pure: no asyncio, no I/O, no logging. Errors raised by user predicates
-are handed to an ``on_error`` callback, or propagate when there is none.
+This module is pure: no asyncio, no I/O, no logging. The filters it files are compiled
+by :mod:`._filters`, which also gives the plain definition of a match.
 
-The plain definition
---------------------
-A *filter* is a list of dicts, or None. A message matches when every key/value pair of
-**any one** dict equals the message's field (``msg[key] == value``):
-
-- ``None`` and ``[]`` match everything, mappings or not.
-- Only mappings (:class:`collections.abc.Mapping`) can match a non-empty filter, so
-  ``[{}]`` matches every mapping and nothing else.
-- A tuple key is a path into nested mappings: ``{("o", "x"): "NEW"}`` matches
-  ``{"o": {"x": "NEW"}}``. Every step must be a mapping that contains the key; a missing
-  step means no match. ``("o",)`` is the same as ``"o"``; ``()`` is an error. To match a
-  literal tuple key, wrap it in a 1-tuple: ``{(("a", "b"),): 1}``.
-- A callable value is a predicate on the field: ``{"p": lambda v: float(v) > 100}``
-  matches when the field exists and the predicate returns something truthy. Anything
-  callable counts, classes included. A predicate that raises counts as no match and is
-  reported to ``on_error(exc, source)``.
-- In a *condition* (``compile_condition``, or ``compile_filters(allow_callables=True)``)
-  an item may also be a callable ``msg -> bool`` tested against the whole message. It
-  sees every message, mappings or not.
-
-The index
----------
 :class:`Index` finds the matching subscriptions without scanning the ones that cannot
 match: each clause with a hashable, self-equal, non-callable value is filed under one
 such pair, ``by_path[path][value]``, so a message costs one dict lookup per indexed path
@@ -38,330 +16,25 @@ share a bucket, just as they compare equal under the plain definition.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping, Sequence
-from typing import Any, Generic, TypeVar
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any, Generic, Protocol, TypeVar
 
-__all__ = [
-    "Clause",
-    "Index",
-    "OnError",
-    "Path",
-    "Subscription",
-    "compile_condition",
-    "compile_filters",
-    "matches",
-]
+from ._filters import MISSING, Clause, OnError, Path, describe_value, is_anchorable, pairs_match, walk
+
+__all__ = ["Index", "Subscription", "Target"]
 
 T = TypeVar("T")
 
-Path = tuple[Hashable, ...]
-"""A key path into nested mappings; ``("o", "x")`` reads ``msg["o"]["x"]``."""
 
-OnError = Callable[[BaseException, object], None]
-"""Receives an error raised by a user predicate and the ``source`` of its clause."""
+class Target(Protocol):
+    """What the client's index hands a matching message to: a stream, a handler, an expectation.
 
-
-class _Missing:
-    """Marks a field that is absent; distinct from every value a message can hold."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "<missing>"
-
-
-_MISSING: Any = _Missing()
-
-# One compiled key/value pair: (first key, remaining path steps, value, value is a predicate).
-# The first key is split off because nearly every path has one step, and reading it is then
-# a single ``msg.get`` with no loop.
-_Pair = tuple[Hashable, Path, Any, bool]
-
-
-def _step(obj: Any, key: Hashable) -> Any:
-    """Return ``obj[key]``, or ``_MISSING`` when obj is not a mapping or lacks the key."""
-    # The exact-type test first: it skips the much slower ABC isinstance for plain dicts.
-    if type(obj) is dict:
-        return obj.get(key, _MISSING)
-    if isinstance(obj, Mapping):
-        # .get rather than [] so that a defaultdict in a message is not mutated.
-        return obj.get(key, _MISSING)
-    return _MISSING
-
-
-def _walk(obj: Any, steps: Path) -> Any:
-    """Follow steps down nested mappings from obj; ``_MISSING`` if any step is absent."""
-    for key in steps:
-        obj = _step(obj, key)
-        if obj is _MISSING:
-            break
-    return obj
-
-
-def _pairs_match(pairs: tuple[_Pair, ...], msg: Any, source: object, on_error: OnError | None) -> bool:
-    """Evaluate pairs against msg, which the caller has checked is a Mapping."""
-    for key, rest, value, is_predicate in pairs:
-        got = msg.get(key, _MISSING)
-        if rest and got is not _MISSING:
-            got = _walk(got, rest)
-        if got is _MISSING:
-            return False
-        if is_predicate:
-            # A broken predicate must not take down dispatch for every other consumer,
-            # so it counts as no match; on_error makes sure it is not lost silently.
-            try:
-                if not value(got):
-                    return False
-            except Exception as exc:
-                if on_error is None:
-                    raise
-                on_error(exc, source)
-                return False
-        # `not got == value`, not `got != value`: the definition is written with ==.
-        elif not got == value:
-            return False
-    return True
-
-
-def _is_anchorable(value: Any) -> bool:
-    """Whether a dict lookup on value finds exactly the fields that == it."""
-    if callable(value):
-        return False
-    try:
-        hash(value)
-        # NaN, and anything else not equal to itself, would be found by identity in a
-        # dict but never matches under ==, so it cannot be looked up.
-        return bool(value == value)
-    except Exception:
-        # A value whose hash or == misbehaves is not indexed; it is evaluated in full,
-        # where any error surfaces with the message that provoked it.
-        return False
-
-
-def _describe(value: object) -> str:
-    """Render a bad argument for an error message: its type and a short repr."""
-    return f"{type(value).__name__} {value!r:.60}"
-
-
-def _init_clause(clause: Clause, source: Any, where: str, allow_callable: bool) -> None:
-    """Validate source and fill in the slots of clause; errors name where it came from."""
-    setattr_ = object.__setattr__
-    if isinstance(source, Mapping):
-        equalities: list[_Pair] = []
-        predicates: list[_Pair] = []
-        anchor: tuple[Path, Any] | None = None
-        anchor_index = -1
-        for key in source:
-            try:
-                hash(key)
-            except TypeError:
-                raise TypeError(
-                    f"{where} has an unhashable key {_describe(key)}; "
-                    "keys must be hashable, and a path into nested dicts is a tuple of keys"
-                ) from None
-            if isinstance(key, tuple):
-                if not key:
-                    raise ValueError(
-                        f"{where} has an empty tuple key (); a tuple key is a path into nested "
-                        "dicts and needs at least one step, e.g. ('order', 'status')"
-                    )
-                path: Path = key
-            else:
-                path = (key,)
-            value = source[key]
-            pair: _Pair = (path[0], path[1:], value, callable(value))
-            if pair[3]:
-                predicates.append(pair)
-            else:
-                if anchor is None and _is_anchorable(value):
-                    anchor = (path, value)
-                    anchor_index = len(equalities)
-                equalities.append(pair)
-        # Equalities first: they are cheap and usually decide, so predicates run only when
-        # they can still change the answer.
-        pairs = (*equalities, *predicates)
-        rest = pairs if anchor is None else pairs[:anchor_index] + pairs[anchor_index + 1 :]
-        setattr_(clause, "source", source)
-        setattr_(clause, "_pairs", pairs)
-        setattr_(clause, "_whole", None)
-        setattr_(clause, "_anchor", anchor)
-        setattr_(clause, "_rest", rest)
-    elif callable(source):
-        if not allow_callable:
-            raise TypeError(
-                f"{where} must be a dict, got {_describe(source)}; a filter cannot be a "
-                "function of the whole message, but a dict value can test one field: "
-                "{'price': lambda v: v > 100}"
-            )
-        setattr_(clause, "source", source)
-        setattr_(clause, "_pairs", ())
-        setattr_(clause, "_whole", source)
-        setattr_(clause, "_anchor", None)
-        setattr_(clause, "_rest", ())
-    else:
-        what = "a dict or a callable" if allow_callable else "a dict"
-        raise TypeError(f"{where} must be {what}, got {_describe(source)}")
-
-
-class Clause:
-    """One compiled dict of a filter (or one whole-message callable of a condition).
-
-    Clauses are immutable and compare by identity. Build them with
-    :func:`compile_filters` or :func:`compile_condition`; the constructor is for one-offs.
-
-    Attributes:
-        source: The dict or callable the caller passed, kept as-is for error messages
-            and reporting. It was compiled when the clause was built: mutating it later
-            does not change what the clause matches.
+    ``deliver`` runs on the hot path, inside the receive loop: it must not block,
+    await, or raise (a target counts and logs its own failures).
     """
 
-    __slots__ = ("source", "_pairs", "_whole", "_anchor", "_rest")
-
-    source: Mapping[Hashable, Any] | Callable[[Any], object]
-    _pairs: tuple[_Pair, ...]
-    _whole: Callable[[Any], object] | None
-    _anchor: tuple[Path, Any] | None
-    _rest: tuple[_Pair, ...]
-
-    def __init__(self, source: Mapping[Hashable, Any] | Callable[[Any], object]) -> None:
-        """Compile one dict, or one whole-message callable.
-
-        Raises:
-            TypeError: source is neither a mapping nor callable, or has an unhashable key.
-            ValueError: source has an empty tuple key.
-        """
-        _init_clause(self, source, "clause", allow_callable=True)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"Clause is immutable; cannot set {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"Clause is immutable; cannot delete {name!r}")
-
-    def __repr__(self) -> str:
-        return f"Clause({self.source!r})"
-
-    def matches(self, msg: object, on_error: OnError | None = None) -> bool:
-        """Tell whether msg matches this clause under the plain definition.
-
-        Args:
-            msg: Any message. Only a mapping can match a dict clause; a whole-message
-                callable sees every message.
-            on_error: Receives ``(exc, self.source)`` when a predicate raises; the clause
-                then does not match. Without it the predicate's error propagates.
-        """
-        whole = self._whole
-        if whole is not None:
-            try:
-                return bool(whole(msg))
-            except Exception as exc:
-                # Same policy as a field predicate: no match, reported, never silent.
-                if on_error is None:
-                    raise
-                on_error(exc, whole)
-                return False
-        if not isinstance(msg, Mapping):
-            return False
-        return _pairs_match(self._pairs, msg, self.source, on_error)
-
-
-def _compile(
-    items: object,
-    argname: str,
-    allow_callables: bool,
-    expected: str,
-) -> tuple[Clause, ...]:
-    """Compile a list or tuple of dicts (and callables when allowed) into clauses."""
-    if isinstance(items, Mapping):
-        raise TypeError(
-            f"{argname} must be {expected}, got {_describe(items)}; "
-            "wrap it in a list: [{...}]"
-        )
-    if not isinstance(items, (list, tuple)):
-        raise TypeError(f"{argname} must be {expected}, got {_describe(items)}")
-    clauses = []
-    for i, item in enumerate(items):
-        clause = Clause.__new__(Clause)
-        _init_clause(clause, item, f"{argname}[{i}]", allow_callables)
-        clauses.append(clause)
-    return tuple(clauses)
-
-
-def compile_filters(
-    filters: Sequence[Mapping[Hashable, Any] | Callable[[Any], object]] | None,
-    *,
-    argname: str = "filters",
-    allow_callables: bool = False,
-) -> tuple[Clause, ...]:
-    """Validate and compile a filter once, up front, so matching never re-parses it.
-
-    Args:
-        filters: A list or tuple of dicts (any mappings), or None. None and ``[]``
-            match everything and compile to ``()``.
-        argname: How error messages name the argument, e.g. ``"stream_filter: filters"``.
-        allow_callables: Also accept whole-message callables as items (for conditions).
-
-    Returns:
-        One :class:`Clause` per item, in order; ``()`` for match-everything.
-
-    Raises:
-        TypeError: filters is not a list or tuple (a bare dict included: wrap it in a
-            list), an item is not a dict, or a key is unhashable. The message names the
-            argument, the index of the bad item and its value.
-        ValueError: A key is the empty tuple ``()``.
-    """
-    if filters is None:
-        return ()
-    expected = "a list of dicts or callables" if allow_callables else "a list of dicts"
-    return _compile(filters, argname, allow_callables, expected)
-
-
-def compile_condition(cond: object, *, argname: str = "until") -> tuple[Clause, ...]:
-    """Compile a condition for expect/wait_for/poll: a dict, a callable, or a list of these.
-
-    A dict tests fields as in a filter; a callable receives the whole message (any
-    message, mapping or not) and matches when it returns something truthy; a list
-    matches when any of its items does.
-
-    Args:
-        cond: The condition.
-        argname: How error messages name the argument.
-
-    Returns:
-        At least one :class:`Clause`.
-
-    Raises:
-        ValueError: cond is None or an empty list: a condition that matches everything
-            is almost surely a bug. Also an empty tuple key, as in compile_filters.
-        TypeError: cond, or an item of it, is neither a dict nor a callable.
-    """
-    expected = "a dict, a callable, or a list of these"
-    if cond is None or (isinstance(cond, (list, tuple)) and not cond):
-        raise ValueError(
-            f"{argname} must be {expected}, got {_describe(cond)}; it would match every "
-            "message. Pass the condition you are waiting for, e.g. {'type': 'ack'}"
-        )
-    if isinstance(cond, Mapping) or callable(cond):
-        clause = Clause.__new__(Clause)
-        _init_clause(clause, cond, argname, allow_callable=True)
-        return (clause,)
-    return _compile(cond, argname, True, expected)
-
-
-def matches(clauses: tuple[Clause, ...], msg: object, on_error: OnError | None = None) -> bool:
-    """Tell whether msg matches any of clauses; ``()`` matches every message.
-
-    Args:
-        clauses: From :func:`compile_filters` or :func:`compile_condition`.
-        msg: Any message.
-        on_error: As for :meth:`Clause.matches`.
-    """
-    if not clauses:
-        return True
-    for clause in clauses:
-        if clause.matches(msg, on_error):
-            return True
-    return False
+    def deliver(self, msg: Any) -> None:
+        """Take one matching message."""
 
 
 class Subscription(Generic[T]):
@@ -399,11 +72,11 @@ _VACATE_MAX = 4
 
 
 def _anchor_pairs(clause: Clause) -> list[tuple[int, Path, Any]]:
-    """The pairs of clause that can file it in the index: (index in ``_pairs``, path, value)."""
+    """The pairs of clause that can file it in the index: (index in ``pairs``, path, value)."""
     return [
         (i, (key, *steps), value)
-        for i, (key, steps, value, is_predicate) in enumerate(clause._pairs)
-        if not is_predicate and _is_anchorable(value)
+        for i, (key, steps, value, is_predicate) in enumerate(clause.pairs)
+        if not is_predicate and is_anchorable(value)
     ]
 
 
@@ -482,7 +155,7 @@ class Index(Generic[T]):
         """
         if not isinstance(clauses, tuple) or not all(type(c) is Clause for c in clauses):
             raise TypeError(
-                f"Index.add: clauses must be a tuple of Clause, got {_describe(clauses)}; "
+                f"Index.add: clauses must be a tuple of Clause, got {describe_value(clauses)}; "
                 "compile the filter first with compile_filters()"
             )
         sub = Subscription(target, clauses, self)
@@ -495,7 +168,7 @@ class Index(Generic[T]):
         # A clause listed twice in one filter is filed once (remove() does the same).
         for clause in dict.fromkeys(clauses):
             entry: _Entry = (sub, clause)
-            if clause._anchor is None:
+            if clause.anchor is None:
                 self._scan_entries[entry] = None
                 self._dirty_scan = True
                 continue
@@ -535,9 +208,9 @@ class Index(Generic[T]):
         assert choice is not None, "only clauses with an anchor are filed"
         i, path, value, _ = choice
         clause = entry[1]
-        pairs = clause._pairs
+        pairs = clause.pairs
         # On the clause's own anchor (its first anchorable pair), reuse the precomputed rest.
-        rest = clause._rest if i == _anchor_pairs(clause)[0][0] else pairs[:i] + pairs[i + 1 :]
+        rest = clause.rest if i == _anchor_pairs(clause)[0][0] else pairs[:i] + pairs[i + 1 :]
         buckets = self._anchored.get(path)
         if buckets is None:
             buckets = self._anchored[path] = {}
@@ -592,7 +265,7 @@ class Index(Generic[T]):
             return
         for clause in dict.fromkeys(handle.clauses):
             entry: _Entry = (handle, clause)
-            if clause._anchor is None:
+            if clause.anchor is None:
                 self._scan_entries.pop(entry, None)
                 self._dirty_scan = True
                 continue
@@ -602,7 +275,7 @@ class Index(Generic[T]):
                 if buckets is None:
                     continue
                 members = buckets.get(value)
-                if members is None or members.pop(entry, _MISSING) is _MISSING:
+                if members is None or members.pop(entry, MISSING) is MISSING:
                     continue
                 if not members:
                     del buckets[value]
@@ -672,12 +345,12 @@ class Index(Generic[T]):
         # kept as a 1-tuple, cheaper to make than a list to append to.
         found: tuple[T] | None = None
         for key, rest, lookup in self._paths:
-            value = msg.get(key, _MISSING)
-            if value is _MISSING:
+            value = msg.get(key, MISSING)
+            if value is MISSING:
                 continue
             if rest:
-                value = _walk(value, rest)
-                if value is _MISSING:
+                value = walk(value, rest)
+                if value is MISSING:
                     continue
             try:
                 entries = lookup.get(value)
@@ -696,15 +369,15 @@ class Index(Generic[T]):
                 # The lookup proved the anchor pair equal; only the others need checking.
                 if simple:
                     for other_key, _, other_value, _ in others:
-                        got = msg.get(other_key, _MISSING)
+                        got = msg.get(other_key, MISSING)
                         # `not got == value`, not `got != value`: the definition uses ==.
-                        if got is _MISSING or not got == other_value:
+                        if got is MISSING or not got == other_value:
                             break
                     else:
                         others = ()  # no break: every one held
                     if others:
                         continue
-                elif others and not _pairs_match(others, msg, clause.source, on_error):
+                elif others and not pairs_match(others, msg, clause.source, on_error):
                     continue
                 if multi is not None:
                     multi._seen = tick

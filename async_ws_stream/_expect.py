@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Callable, Generator
 from typing import Any, Generic, TypeVar
 
-from ._dispatch import Clause, OnError
+from ._filters import Clause, OnError
 from .exceptions import Alarm
 
 __all__ = ["Expectation"]
@@ -60,7 +60,7 @@ class Expectation(Generic[M]):
     it settles: cancel it, or give it a timeout, if you stop caring.
     """
 
-    __slots__ = ("_alarms", "_fut", "_on_error", "_on_settle", "_timer", "_until", "connection", "subscription")
+    __slots__ = ("_alarms", "_fut", "_on_error", "_on_settle", "_timer", "_until")
 
     def __init__(
         self,
@@ -70,7 +70,7 @@ class Expectation(Generic[M]):
         *,
         on_error: OnError | None = None,
     ) -> None:
-        """Make a pending expectation; the caller registers it (see ``AsyncWsStream.expect``).
+        """Make a pending expectation; the caller files it in its index (see ``Conversations``).
 
         Args:
             until: The compiled success condition.
@@ -84,10 +84,6 @@ class Expectation(Generic[M]):
         self._on_error = on_error
         self._fut: _Waiter[M] = _Waiter(self._settle)
         self._timer: asyncio.TimerHandle | None = None
-        #: The connection a request went out on (None for a plain expectation).
-        self.connection: Any = None
-        #: The client's index handle.
-        self.subscription: Any = None
 
     def __repr__(self) -> str:
         state = "pending" if not self._fut.done() else "settled"
@@ -104,7 +100,8 @@ class Expectation(Generic[M]):
         """Stop waiting and unregister at once; tasks awaiting it get ``CancelledError``. Idempotent."""
         self._fut.cancel()
 
-    def _feed(self, msg: M) -> None:
+    def deliver(self, msg: M) -> None:
+        """Settle with ``msg``, or with :exc:`Alarm` if it matches an alarm (called by dispatch)."""
         # The index hands us only messages that match ``until`` or an alarm, so
         # when no alarm matches, ``until`` did: it is not evaluated a second time
         # (its predicates run once per message, as for a stream).

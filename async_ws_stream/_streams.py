@@ -1,13 +1,14 @@
 """The consumer side: a bounded stream of messages with an overflow policy, and handlers.
 
-The producer (the client's pump) only ever calls the synchronous ``_feed``; it
-never awaits a consumer. A consumer waiting on an empty stream is woken once per
-batch: the first ``_feed`` resolves its waiter and later ones only append.
+The producer (the client's pump) only ever calls the synchronous ``deliver`` of
+a :class:`~._dispatch.Target`; it never awaits a consumer. A consumer waiting on
+an empty stream is woken once per batch: the first ``deliver`` resolves its
+waiter and later ones only append.
 
 One socket read can carry thousands of frames, and the pump parses a read to the
 end before the consumers it woke get to run: a burst could fill a buffer whose
 consumer keeps up perfectly well. So a stream whose consumer has been woken and
-not yet run tells the pump, through ``counters.crowded``, when its buffer reaches
+not yet run tells the pump, through a shared :class:`Pressure`, when its buffer reaches
 half of ``maxsize``; the pump then yields once, the woken consumers drain, and
 the read goes on. A consumer that is busy elsewhere is not woken, so a slow one
 never makes the pump yield: it fills its buffer and meets its overflow policy.
@@ -21,31 +22,29 @@ import enum
 from collections import deque
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, Generic, Literal, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from loguru import logger
 
+from ._counters import Counters
+from ._options import Overflow
 from .exceptions import StreamOverflow
 
-__all__ = ["DEFAULT_MAXSIZE", "OVERFLOW_POLICIES", "Overflow", "Stream", "StreamStatistics"]
+__all__ = ["AsyncHandler", "Pressure", "Stream", "StreamStatistics", "SyncHandler"]
 
 M = TypeVar("M")
 
-DEFAULT_MAXSIZE = 10_000
-Overflow = Literal["error", "drop_oldest", "drop_newest"]
-OVERFLOW_POLICIES: tuple[str, ...] = ("error", "drop_oldest", "drop_newest")
 
+class Pressure:
+    """The pump's cue to yield: set by a stream whose woken consumer's buffer is half full.
 
-def check_buffer_options(where: str, maxsize: object, overflow: object) -> None:
-    """Raise ValueError/TypeError naming the bad buffer option, else return."""
-    if isinstance(maxsize, bool) or not isinstance(maxsize, int):
-        raise TypeError(f"{where}: maxsize must be an int >= 1, got {type(maxsize).__name__} {maxsize!r}")
-    if maxsize < 1:
-        raise ValueError(f"{where}: maxsize must be >= 1, got {maxsize!r}; every stream needs a bounded buffer")
-    if overflow not in OVERFLOW_POLICIES:
-        raise ValueError(
-            f"{where}: overflow must be one of {', '.join(map(repr, OVERFLOW_POLICIES))}, got {overflow!r}"
-        )
+    Not a total: the pump clears it and yields once, before that buffer can overflow.
+    """
+
+    __slots__ = ("crowded",)
+
+    def __init__(self) -> None:
+        self.crowded = False
 
 
 class _State(enum.Enum):
@@ -59,7 +58,7 @@ class _State(enum.Enum):
 _OPEN = _State.OPEN
 
 # The buffer of every stream that has not had a message yet: a deque takes 760 bytes
-# even empty, most of an idle stream. _feed gives a stream its own deque before its
+# even empty, most of an idle stream. deliver() gives a stream its own deque before its
 # first append; nothing else may ever add to this one.
 _NO_BUFFER: deque[Any] = deque()
 
@@ -99,6 +98,7 @@ class Stream(Generic[M]):
         "_maxsize",
         "_on_close",
         "_overflow",
+        "_pressure",
         "_state",
         "_waiter",
         "_woken",
@@ -112,14 +112,16 @@ class Stream(Generic[M]):
         maxsize: int,
         overflow: Overflow,
         copy: bool,
-        counters: Any,
-        on_close: Callable[[Stream[M]], None],
+        counters: Counters,
+        pressure: Pressure | None = None,
+        on_close: Callable[[Stream[M]], None] | None = None,
     ) -> None:
         self._filters = filters
         self._maxsize = maxsize
         self._overflow = overflow
         self._copy = copy
         self._counters = counters
+        self._pressure = pressure
         self._on_close = on_close
         self._buf: deque[M] = _NO_BUFFER
         self._state = _State.OPEN
@@ -166,7 +168,7 @@ class Stream(Generic[M]):
                 self._woken = False
                 if self._waiter is waiter:
                     self._waiter = None
-            buf = self._buf  # read anew: the first _feed replaces _NO_BUFFER
+            buf = self._buf  # read anew: the first deliver() replaces _NO_BUFFER
             if buf:
                 return buf.popleft()
 
@@ -221,8 +223,12 @@ class Stream(Generic[M]):
 
     # -- the producer's side (the client) --------------------------------------------------
 
-    def _feed(self, msg: M) -> None:
-        """Buffer ``msg`` or apply the overflow policy. Never blocks, never awaits."""
+    def deliver(self, msg: M) -> None:
+        """Buffer ``msg`` or apply the overflow policy. Never blocks, never awaits.
+
+        Called by the client's dispatch (this is the stream's side of
+        :class:`~._dispatch.Target`); consumers never call it.
+        """
         if self._state is not _OPEN:
             return
         buf = self._buf
@@ -235,7 +241,7 @@ class Stream(Generic[M]):
                 return
             else:
                 self._drop()
-                self._finish(
+                self.finish(
                     StreamOverflow(
                         f"stream {self._filters!r} overflowed: {self._maxsize} messages were buffered "
                         "and not read; read faster, raise maxsize, or use overflow='drop_oldest'/'drop_newest'"
@@ -265,17 +271,21 @@ class Stream(Generic[M]):
             if not waiter.done():
                 waiter.set_result(None)
                 self._woken = True
-        if self._woken and 2 * len(buf) >= self._maxsize:  # half full
-            self._counters.crowded = True
+        if self._woken and 2 * len(buf) >= self._maxsize and self._pressure is not None:  # half full
+            self._pressure.crowded = True
 
-    def _finish(self, error: BaseException | None = None) -> None:
-        """Take no more messages: the consumer gets the buffer, then ``error`` or the end."""
+    def finish(self, error: BaseException | None = None) -> None:
+        """Take no more messages: the consumer gets the buffer, then ``error`` or the end.
+
+        The producer's side, like :meth:`deliver`: the client calls it at exit or
+        when it gives up. Idempotent.
+        """
         if self._state is _State.OPEN:
             self._end_error = error
             self._stop(_State.FINISHED)
 
     def _stop(self, state: _State) -> None:
-        if self._state is _State.OPEN:
+        if self._state is _State.OPEN and self._on_close is not None:
             self._on_close(self)
         if self._state is not _State.CLOSED:
             self._state = state
@@ -312,11 +322,12 @@ class SyncHandler:
 
     __slots__ = ("_counters", "fn")
 
-    def __init__(self, fn: Callable[[Any], Any], counters: Any) -> None:
+    def __init__(self, fn: Callable[[Any], Any], counters: Counters) -> None:
         self.fn = fn
         self._counters = counters
 
-    def _feed(self, msg: Any) -> None:
+    def deliver(self, msg: Any) -> None:
+        """Call the handler now, inline; count and log what it raises."""
         try:
             self.fn(msg)
         except Exception:
@@ -333,14 +344,15 @@ class AsyncHandler:
 
     __slots__ = ("_counters", "fn", "stream", "task")
 
-    def __init__(self, fn: Callable[[Any], Awaitable[Any]], stream: Stream[Any], counters: Any) -> None:
+    def __init__(self, fn: Callable[[Any], Awaitable[Any]], stream: Stream[Any], counters: Counters) -> None:
         self.fn = fn
         self.stream = stream
         self._counters = counters
         self.task: asyncio.Task[None] | None = None
 
-    def _feed(self, msg: Any) -> None:
-        self.stream._feed(msg)
+    def deliver(self, msg: Any) -> None:
+        """Queue the message for the handler's task (its stream's overflow policy applies)."""
+        self.stream.deliver(msg)
 
     async def run(self) -> None:
         """Call the handler for every message until the stream ends."""

@@ -30,13 +30,16 @@ import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 from loguru import logger
 
-from ._client import DEFAULT_HANDLER_MAXSIZE, DEFAULT_REQUEST_TIMEOUT, AsyncWsStream
-from ._streams import Overflow, Stream
+from ._options import DEFAULT_HANDLER_MAXSIZE, DEFAULT_REQUEST_TIMEOUT, Overflow, check_timeout
+from ._streams import Stream
 from .exceptions import ClientClosed, Timeout
+
+if TYPE_CHECKING:  # for annotations only: the client imports this module, not the other way round
+    from ._client import AsyncWsStream
 
 __all__ = ["BATCH_SIZE", "BlockingStream", "ThreadedClient"]
 
@@ -225,7 +228,7 @@ class ThreadedClient(Generic[M]):
             TypeError, ValueError: a malformed filter or option, named in the message.
             ClientClosed: after :meth:`exit`.
         """
-        _check_timeout("stream_filter", timeout)
+        check_timeout("stream_filter", timeout)
 
         def make() -> Stream[M]:
             return self.client.stream_filter(filters, maxsize=maxsize, overflow=overflow, copy=copy)
@@ -437,7 +440,7 @@ class BlockingStream(Generic[M]):
                 with that error.
         """
         limit = self._timeout if isinstance(timeout, _Default) else timeout
-        _check_timeout("BlockingStream.get", limit)
+        check_timeout("BlockingStream.get", limit)
         deadline = None if limit is None else time.monotonic() + limit
         while True:
             try:
@@ -532,10 +535,3 @@ async def _as_coroutine(make: Callable[[], Awaitable[T]]) -> T:
     # run_coroutine_threadsafe wants a coroutine; calling make() here, in the loop,
     # also keeps every asyncio object it creates on the right loop.
     return await make()
-
-
-def _check_timeout(where: str, timeout: object) -> None:
-    if timeout is None:
-        return
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
-        raise ValueError(f"{where}: timeout must be None or a number of seconds >= 0, got {timeout!r}")

@@ -12,14 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from async_ws_stream._dispatch import (
-    Clause,
-    Index,
-    Subscription,
-    compile_condition,
-    compile_filters,
-    matches,
-)
+from async_ws_stream._dispatch import Index, Subscription
+from async_ws_stream._filters import Clause, compile_condition, compile_filters, matches
 
 NAN = float("nan")
 

@@ -10,7 +10,9 @@ import asyncio
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from async_ws_stream._dispatch import Index, compile_filters
+from async_ws_stream._counters import Counters
+from async_ws_stream._dispatch import Index
+from async_ws_stream._filters import compile_filters
 from async_ws_stream._streams import Stream
 
 
@@ -94,20 +96,16 @@ def test_equal_filters_share_nothing_they_should_not() -> None:
     assert sorted(index.match({"e": "trade", "s": "A"})) == ["first", "second"]
 
 
-class _Counters:
-    dropped = 0
-
-
 async def test_idle_streams_share_an_empty_buffer_until_their_first_message() -> None:
     """A stream allocates its own buffer only when a message arrives, and then delivers in order."""
     made: list[Stream[int]] = [
-        Stream(None, maxsize=10, overflow="error", copy=False, counters=_Counters(), on_close=lambda s: None)
+        Stream(None, maxsize=10, overflow="error", copy=False, counters=Counters())
         for _ in range(2)
     ]
     first, second = made
     assert first._buf is second._buf  # one shared empty buffer: idle streams stay small
-    first._feed(1)
-    first._feed(2)
+    first.deliver(1)
+    first.deliver(2)
     assert first._buf is not second._buf
     assert second.queued == 0
     assert [await first.__anext__(), await first.__anext__()] == [1, 2]
@@ -116,11 +114,11 @@ async def test_idle_streams_share_an_empty_buffer_until_their_first_message() ->
 async def test_consumer_waiting_on_an_idle_stream_wakes_on_its_first_message() -> None:
     """A consumer already waiting when the first message arrives gets it (the buffer is swapped under it)."""
     stream: Stream[int] = Stream(
-        None, maxsize=10, overflow="error", copy=False, counters=_Counters(), on_close=lambda s: None
+        None, maxsize=10, overflow="error", copy=False, counters=Counters()
     )
     pending = asyncio.ensure_future(stream.__anext__())
     await asyncio.sleep(0)  # the consumer is now waiting on the shared empty buffer
-    stream._feed(7)
-    stream._feed(8)
+    stream.deliver(7)
+    stream.deliver(8)
     assert await pending == 7
     assert await stream.__anext__() == 8

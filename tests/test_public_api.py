@@ -39,18 +39,15 @@ def test_logging_is_disabled_by_default() -> None:
     """The library's own log lines are off until the user enables them (loguru's advice)."""
     from loguru import logger
 
+    from async_ws_stream._counters import Counters
     from async_ws_stream._streams import Stream
-
-    class Counters:
-        dropped = 0
 
     lines: list[str] = []
     sink = logger.add(lines.append, level="DEBUG")
     try:
-        stream: Stream[int] = Stream(None, maxsize=1, overflow="drop_newest", copy=False,
-                                     counters=Counters(), on_close=lambda s: None)
-        stream._feed(1)
-        stream._feed(2)  # an overflow: the library logs a warning, if enabled
+        stream: Stream[int] = Stream(None, maxsize=1, overflow="drop_newest", copy=False, counters=Counters())
+        stream.deliver(1)
+        stream.deliver(2)  # an overflow: the library logs a warning, if enabled
     finally:
         logger.remove(sink)
     assert stream.dropped == 1

@@ -1,0 +1,428 @@
+"""One client's connection life: connect with retry, serve, pump, recycle, watch, retire.
+
+One task runs :meth:`Supervisor.run`::
+
+    connect ─► serve ──(loss)──► back off ─► connect ─► serve ...
+                 │
+                 └─(recycle)─► the successor was opened while this one was read;
+                               read this one to its end, then serve the successor
+
+While a connection is served, up to three tasks run under one TaskGroup: the
+pump (read, parse, dispatch), the recycle trigger (the user's
+``_when2create_new_ws``, then the make-before-break swap) and, with
+``idle_timeout``, a watchdog. Every attempt to open a connection, for a
+reconnect or for a recycle's successor, goes through one loop,
+:meth:`Supervisor._open_with_retry`, which asks one :class:`~._backoff.RetryPolicy`
+what to do about each failure. Senders wait on the :class:`Gate`, never by polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import inspect
+import itertools
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from loguru import logger
+from websockets.exceptions import ConnectionClosed
+
+from ._backoff import GiveUp, RetryPolicy
+from ._counters import Counters
+from ._dispatch import Index, Target
+from ._options import EXIT_GRACE
+from ._redact import describe
+from ._streams import Pressure
+from .exceptions import AsyncWsStreamError, ConnectionLost
+
+__all__ = ["Gate", "Hooks", "Link", "State", "Supervisor", "WebSocket"]
+
+
+class WebSocket(Protocol):
+    """What the supervisor needs of a connection. websockets' ``ClientConnection`` fits, and so
+    does :class:`~async_ws_stream.transports.PicowsConnection`.
+
+    ``transport.abort()`` drops the connection without a closing handshake (it is
+    dead or stalled anyway).
+    """
+
+    async def recv(self) -> str | bytes:
+        """Return the next data frame; raise ``websockets.exceptions.ConnectionClosed`` at the end."""
+
+    async def send(self, message: str | bytes | bytearray | memoryview) -> None:
+        """Send one data frame; raise ``ConnectionClosed`` if the connection is gone."""
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Send a close frame and wait for the closing handshake."""
+
+    @property
+    def transport(self) -> asyncio.WriteTransport:
+        """The connection's transport."""
+
+
+class Hooks(Protocol):
+    """The user's side of a client, as the supervisor calls it: ``AsyncWsStream``'s hooks."""
+
+    async def _create_ws(self) -> Any: ...
+
+    async def _on_connect(self, ws: Any) -> None: ...
+
+    async def _when2create_new_ws(self) -> None: ...
+
+    def _parse_raw_data(self, raw: str | bytes) -> Any: ...
+
+
+class State(enum.Enum):
+    """Where the client is in its life, as ``stats()["state"]`` reports it."""
+
+    NEW = "new"  # made, not started
+    CONNECTING = "connecting"  # opening a connection (_create_ws, _on_connect)
+    CONNECTED = "connected"  # a connection carries traffic
+    BACKOFF = "backoff"  # waiting before the next attempt
+    FAILED = "failed"  # gave up (RetriesExhausted, ConnectionRejected); waits for exit()
+    CLOSED = "closed"  # exit() was called
+
+
+class Link:
+    """One websocket connection and what the supervisor knows of it."""
+
+    __slots__ = ("closed_by", "last_frame", "number", "opened_at", "successor", "ws")
+
+    def __init__(self, ws: WebSocket, number: int) -> None:
+        self.ws = ws
+        self.number = number
+        self.opened_at = self.last_frame = time.monotonic()
+        self.successor: Link | None = None
+        self.closed_by: BaseException | None = None
+
+    def __repr__(self) -> str:
+        return f"<Link #{self.number}>"
+
+    async def send(self, data: str | bytes | bytearray | memoryview) -> None:
+        """Send one frame on this connection.
+
+        Raises:
+            ConnectionLost: the connection closed before or while sending.
+        """
+        try:
+            await self.ws.send(data)
+        except ConnectionClosed as exc:
+            raise ConnectionLost(f"connection #{self.number} closed while sending") from exc
+
+
+class Gate:
+    """The current connection, for everyone who waits for one; or the reason there will be none."""
+
+    def __init__(self) -> None:
+        self.value: Link | None = None
+        self.error: Callable[[], BaseException] | None = None
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    def open(self, value: Link) -> None:
+        self.value = value
+        self._wake()
+
+    def shut(self) -> None:
+        self.value = None
+
+    def fail(self, make_error: Callable[[], BaseException]) -> None:
+        """No connection will come: waiters, present and future, raise ``make_error()``."""
+        self.value = None
+        self.error = make_error
+        self._wake()
+
+    async def wait(self) -> Link:
+        """Return the current connection, waiting for one. Cancelling it is safe."""
+        while True:
+            if self.error is not None:
+                raise self.error()
+            if self.value is not None:
+                return self.value
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.add(waiter)
+            try:
+                await waiter
+            finally:
+                self._waiters.discard(waiter)
+
+    def _wake(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+def _abort(ws: WebSocket) -> None:
+    """Drop a connection at once, without a closing handshake."""
+    transport = getattr(ws, "transport", None)
+    if transport is not None:
+        transport.abort()
+
+
+async def _close(ws: WebSocket, timeout: float) -> None:
+    """Close with a close frame; abort if the peer does not answer within ``timeout``."""
+    try:
+        async with asyncio.timeout(timeout):
+            await ws.close()
+    except TimeoutError:
+        _abort(ws)
+
+
+def _check_connection(ws: object) -> WebSocket:
+    if not all(callable(getattr(ws, name, None)) for name in ("recv", "send", "close")):
+        raise TypeError(
+            f"_create_ws must return an open connection with recv(), send() and close() "
+            f"(await websockets.connect(url)), got {type(ws).__name__} {ws!r:.60}"
+        )
+    return ws  # type: ignore[return-value]
+
+
+class Supervisor:
+    """Owns the connection of one client: opens it, pumps it, recycles it, replaces it when lost.
+
+    Args:
+        hooks: The client's hooks (``_create_ws``, ``_on_connect``, ...).
+        index: Where each parsed message finds its targets.
+        counters: The client's totals.
+        pressure: Set by streams when the pump should yield once.
+        policy: What to do about each failed attempt.
+        idle_timeout: Seconds without a data frame before a connection counts as dead.
+        on_closed: Called, synchronously, when a connection will carry no more
+            replies (requests in flight on it must fail).
+    """
+
+    def __init__(
+        self,
+        hooks: Hooks,
+        *,
+        index: Index[Target],
+        counters: Counters,
+        pressure: Pressure,
+        policy: RetryPolicy,
+        idle_timeout: float | None,
+        on_closed: Callable[[Link], None],
+    ) -> None:
+        self._hooks = hooks
+        self._index = index
+        self._counters = counters
+        self._pressure = pressure
+        self.policy = policy
+        self._idle_timeout = idle_timeout
+        self._on_closed = on_closed
+        self.state = State.NEW
+        #: The last failure to open or keep a connection, or None.
+        self.last_error: BaseException | None = None
+        #: The connection new sends go out on, or None.
+        self.current: Link | None = None
+        self.gate = Gate()
+        self._numbers = itertools.count(1)
+
+    async def run(self) -> AsyncWsStreamError | Exception | None:
+        """Serve connections until the client gives up (return why) or is cancelled (exit)."""
+        conn: Link | None = None
+        error: AsyncWsStreamError | Exception | None = None
+        try:
+            conn = await self._open_with_retry(None)
+            while True:
+                successor = await self._serve(conn)
+                if successor is not None:
+                    conn = successor
+                    continue
+                cause = conn.closed_by or ConnectionLost("the connection ended")
+                self.policy.lasted(time.monotonic() - conn.opened_at)
+                conn = None  # it is closed: nothing for the finally below to retire meanwhile
+                conn = await self._open_with_retry(cause)
+                self._counters.reconnects += 1
+        except AsyncWsStreamError as exc:
+            error = exc
+        except Exception as exc:  # the supervisor boundary: a bug of ours, never silent
+            logger.opt(exception=True).error("supervisor failed")
+            error = exc
+        finally:
+            if conn is not None:
+                self.gate.shut()
+                await self._retire(conn)
+        if error is not None:
+            self.state = State.FAILED
+        return error
+
+    async def _open_with_retry(self, cause: BaseException | None, serving: Link | None = None) -> Link:
+        """Open a connection, retrying failed attempts as the policy says.
+
+        Args:
+            cause: Why a connection is needed: the failure that ended the last one,
+                or None for the first connection and for a recycle.
+            serving: The connection that keeps serving meanwhile (a recycle's), if any.
+
+        Raises:
+            AsyncWsStreamError: the policy gave up (fatal, or ``max_retries`` ran out).
+        """
+        while True:
+            if cause is not None:
+                verdict = self.policy.failed(cause)
+                self.last_error = cause
+                if isinstance(verdict, GiveUp):
+                    raise verdict.error
+                self._counters.retries += 1
+                if serving is None:
+                    logger.warning("retry {} in {:.2f}s after {}", verdict.attempt, verdict.delay, describe(cause))
+                else:
+                    self._counters.recycle_failures += 1
+                    logger.warning(
+                        "recycle of connection #{}: new connection failed ({}); connection #{} keeps serving, "
+                        "retry {} in {:.2f}s",
+                        serving.number, describe(cause), serving.number, verdict.attempt, verdict.delay,
+                    )
+                if verdict.delay > 0:
+                    if serving is None:
+                        self.state = State.BACKOFF
+                    await asyncio.sleep(verdict.delay)
+            if serving is None:
+                self.state = State.CONNECTING
+            try:
+                return await self._open()
+            except Exception as exc:  # the hooks are user code: any failure is a failed attempt
+                cause = exc
+
+    async def _open(self) -> Link:
+        ws = _check_connection(await self._hooks._create_ws())
+        try:
+            await self._hooks._on_connect(ws)
+        except BaseException:
+            await _close(ws, EXIT_GRACE)
+            raise
+        conn = Link(ws, next(self._numbers))
+        self._counters.connects += 1
+        logger.info("connection #{} open", conn.number)
+        return conn
+
+    async def _serve(self, conn: Link) -> Link | None:
+        """Pump ``conn`` until it ends; return its successor if it was recycled."""
+        self.current = conn
+        self.gate.open(conn)
+        self.state = State.CONNECTED
+        try:
+            async with asyncio.TaskGroup() as tg:
+                recycler = tg.create_task(self._recycle(conn), name="async_ws_stream recycle")
+                watchdog = tg.create_task(self._watch(conn), name="async_ws_stream watchdog") \
+                    if self._idle_timeout is not None else None
+                await self._pump(conn)
+                if watchdog is not None:
+                    watchdog.cancel()
+                if conn.successor is None:
+                    recycler.cancel()
+        except BaseExceptionGroup as group:
+            # The recycler raises on purpose only to end the client (the policy gave up on
+            # the successor); the supervisor takes that like any other verdict.
+            errors = group.exceptions
+            if len(errors) == 1 and isinstance(errors[0], AsyncWsStreamError):
+                raise errors[0] from errors[0].__cause__
+            raise
+        finally:
+            if self.current is conn:
+                self.current = None
+                self.gate.shut()
+            self._on_closed(conn)
+        return conn.successor
+
+    async def _pump(self, conn: Link) -> None:
+        """The hot path: read, parse, dispatch. Never awaits a consumer."""
+        recv = conn.ws.recv
+        parse = self._hooks._parse_raw_data
+        parse_is_async = inspect.iscoroutinefunction(parse)
+        match = self._index.match
+        counters = self._counters
+        pressure = self._pressure
+        clock = time.monotonic
+        try:
+            while True:
+                raw = await recv()
+                conn.last_frame = clock()
+                counters.frames += 1
+                try:
+                    msg = (await parse(raw)) if parse_is_async else parse(raw)
+                except Exception as exc:
+                    self._parse_failed(raw, exc)
+                    continue
+                if msg is None:
+                    counters.skipped += 1
+                    continue
+                for target in match(msg):
+                    target.deliver(msg)
+                if pressure.crowded:
+                    pressure.crowded = False
+                    counters.pump_yields += 1
+                    await asyncio.sleep(0)
+        except ConnectionClosed as exc:
+            conn.closed_by = exc
+            self.last_error = exc
+            if conn.successor is None:
+                logger.warning("connection #{} lost: {}", conn.number, describe(exc))
+            else:
+                logger.info("connection #{} closed after recycle", conn.number)
+
+    def _parse_failed(self, raw: str | bytes, exc: Exception) -> None:
+        self._counters.parse_errors += 1
+        logger.warning(
+            "parse error #{} ({}) in a {}-byte frame starting {!r}",
+            self._counters.parse_errors, describe(exc), len(raw), raw[:40],
+        )
+
+    async def _recycle(self, conn: Link) -> None:
+        """Wait for the user's trigger, then swap in a new connection before closing ``conn``."""
+        try:
+            await self._hooks._when2create_new_ws()
+            reason = "_when2create_new_ws returned"
+        except Exception as exc:
+            logger.opt(exception=True).warning("_when2create_new_ws raised; recycling connection #{}", conn.number)
+            reason = f"_when2create_new_ws raised {describe(exc)}"
+        age = time.monotonic() - conn.opened_at
+        delay = self.policy.recycle_delay(age)
+        if delay is None:
+            logger.info("recycling connection #{}: {}", conn.number, reason)
+        else:
+            logger.warning(
+                "recycling connection #{}: {} {:.2f}s after it opened, sooner than stable_after={}s; "
+                "waiting {:.2f}s first so that recycles cannot storm. Make _when2create_new_ws wait "
+                "until the connection is due (note that asyncio.wait() rejects bare coroutines since "
+                "Python 3.11), or lower stable_after if recycles this frequent are meant",
+                conn.number, reason, age, self.policy.stable_after, delay,
+            )
+            if delay > 0:
+                await asyncio.sleep(delay)
+        successor = await self._open_with_retry(None, serving=conn)
+        conn.successor = successor
+        self._counters.recycles += 1
+        # New sends go out on the successor; the pump keeps reading the old one to its end.
+        self.current = successor
+        self.gate.open(successor)
+        await _close(conn.ws, EXIT_GRACE)
+
+    async def _watch(self, conn: Link) -> None:
+        """Treat the connection as dead after ``idle_timeout`` seconds without a data frame."""
+        assert self._idle_timeout is not None
+        # A successor waits unread while its predecessor drains; its silence counts
+        # from when it is served, not from when it was opened.
+        served_at = time.monotonic()
+        while True:
+            remaining = max(conn.last_frame, served_at) + self._idle_timeout - time.monotonic()
+            if remaining <= 0:
+                logger.warning(
+                    "connection #{}: no data frame for {}s (idle_timeout); reconnecting",
+                    conn.number, self._idle_timeout,
+                )
+                _abort(conn.ws)
+                return
+            await asyncio.sleep(remaining)
+
+    async def _retire(self, conn: Link) -> None:
+        """Close what the supervisor still holds when it stops."""
+        held = [c for c in (conn, conn.successor) if c is not None]
+        for c in held:
+            self._on_closed(c)
+        # Together, so that a stop mid-recycle costs one close grace, not two.
+        results = await asyncio.gather(*(_close(c.ws, EXIT_GRACE) for c in held), return_exceptions=True)
+        for c, result in zip(held, results):
+            if isinstance(result, Exception):
+                logger.opt(exception=result).warning("closing connection #{} failed", c.number)
