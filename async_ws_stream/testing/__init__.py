@@ -29,12 +29,23 @@ Example::
             await server.broadcast({"e": "trade", "p": "1.5"})
             assert json.loads(await ws.recv()) == {"e": "trade", "p": "1.5"}
 
+:class:`FaultProxy` sits between a client and any server (a FeedServer, a
+real feed) and breaks the TCP stream: latency, jitter, bandwidth, 1-byte
+writes, half-open connections, resets mid-frame or at accept, slow handshakes::
+
+    async with FeedServer() as server, FaultProxy(server.url) as proxy:
+        client = MyClient(proxy.url)
+        proxy.set(write_size=1)                  # every byte in its own write
+        proxy.set("to_client", black_hole=True)  # half-open: idle_timeout must catch it
+
 The servers belong to the event loop that started them and are not thread-safe.
 
 The rooms: ``_server.py`` (FeedServer's public faults, routing and waits) on
 ``_base.py`` (its connections: lifecycle, sending, serving), ``_routes.py``
 (which frames are requests and what the reply says), ``_faults.py``
-(handshake faults, garbage), ``_common.py`` (checks, encoding, wake-ups).
+(handshake faults, garbage), ``_proxy.py`` (FaultProxy) on ``_link.py``
+(one proxied connection) and ``_proxy_faults.py`` (per-direction faults),
+``_common.py`` (checks, encoding, wake-ups).
 """
 
 from ._base import OnConnect
@@ -45,6 +56,8 @@ from ._common import (
     DEFAULT_WAIT_TIMEOUT,
     Applied,
 )
+from ._proxy import FaultProxy
+from ._proxy_faults import Direction, Directions, LinkFaults
 from ._routes import (
     DEFAULT_ID_KEYS,
     ERROR_HANDLER_FAILED,
@@ -64,7 +77,11 @@ __all__ = [
     "ERROR_HANDLER_FAILED",
     "ERROR_UNKNOWN_METHOD",
     "Applied",
+    "Direction",
+    "Directions",
+    "FaultProxy",
     "FeedServer",
+    "LinkFaults",
     "OnConnect",
     "Reply",
     "RouteHandler",
