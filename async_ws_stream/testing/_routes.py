@@ -179,7 +179,9 @@ class Router:
                 reply["error"] = {"code": ERROR_HANDLER_FAILED, "message": str(exc) or type(exc).__name__}
             else:
                 if isinstance(result, Reply):
-                    reply = {**dict(result.body), **({} if id_key is None else {id_key: request[id_key]})}
+                    # The id first, as a server writes it; a body cannot override it.
+                    body = {k: v for k, v in result.body.items() if k != id_key}
+                    reply = body if id_key is None else {id_key: request[id_key], **body}
                 else:
                     reply[result_key] = result
             if route.delay > 0:
