@@ -14,6 +14,7 @@ from async_ws_stream import RetriesExhausted
 from async_ws_stream.testing import FaultProxy, FeedServer
 
 from .conftest import JsonClient, settle
+from .tls import client_context
 
 # A wait that is expected to end with nothing arriving (see test_testing.py).
 QUIET = 0.15
@@ -240,6 +241,16 @@ async def test_reset_all_breaks_every_connection(server: FeedServer, proxy: Faul
         assert client.stats()["reconnects"] == 1
     finally:
         await client.exit()
+
+
+@pytest.mark.single_transport
+async def test_tls_passes_through_byte_by_byte(tls_url: str) -> None:
+    """The proxy forwards TLS untouched: a wss:// handshake and greeting survive 1-byte writes."""
+    async with FaultProxy(tls_url) as proxy:
+        proxy.set(write_size=1)
+        async with connect(proxy.url_for("/", scheme="wss"), ssl=client_context(), open_timeout=5) as ws:
+            assert await ws.recv() == "hello"
+        assert proxy.stats()["to_client"]["writes"] == proxy.forwarded("to_client")
 
 
 @pytest.mark.single_transport

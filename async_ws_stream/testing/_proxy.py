@@ -47,8 +47,7 @@ class FaultProxy:
     server; every TCP connection it opens is accepted by the proxy, which
     opens one to ``upstream`` and forwards the bytes both ways, unchanged
     until a fault is set. The proxy knows nothing of websockets (so it works
-    for ``wss://`` too: point ``server_hostname`` at the real name) and
-    breaks what the network breaks:
+    for ``wss://`` too, see :meth:`url_for`) and breaks what the network breaks:
 
     * per direction (``"to_server"``, ``"to_client"`` or ``"both"``), set
       with :meth:`set` at any time and applied to every connection at once:
@@ -183,9 +182,17 @@ class FaultProxy:
         host = f"[{self._host}]" if ":" in self._host else self._host
         return f"ws://{host}:{self.port}"
 
-    def url_for(self, path: str) -> str:
-        """Return :attr:`url` followed by ``path`` (a leading ``/`` is added if missing)."""
-        return self.url + (path if path.startswith("/") else "/" + path)
+    def url_for(self, path: str, *, scheme: str = "ws") -> str:
+        """Return :attr:`url` followed by ``path`` (a leading ``/`` is added if missing).
+
+        ``scheme="wss"`` gives the URL for a TLS server behind the proxy: the
+        proxy forwards the encrypted bytes as they are, and the certificate
+        must be valid for the proxy's host (127.0.0.1), or the client must
+        name the real host with ``server_hostname``.
+        """
+        if scheme not in ("ws", "wss"):
+            raise ValueError(f"url_for: scheme must be 'ws' or 'wss', got {scheme!r}")
+        return f"{scheme}{self.url[2:]}" + (path if path.startswith("/") else "/" + path)
 
     # Faults
 
