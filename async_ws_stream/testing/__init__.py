@@ -38,6 +38,10 @@ writes, half-open connections, resets mid-frame or at accept, slow handshakes::
         proxy.set(write_size=1)                  # every byte in its own write
         proxy.set("to_client", black_hole=True)  # half-open: idle_timeout must catch it
 
+:class:`DepthFeed` plays a Binance-style depth feed on a FeedServer: diff
+events with update ids, a ``depth.snapshot`` route, gaps on demand
+(:meth:`DepthFeed.skip`) and the true book to compare a client's against.
+
 The servers belong to the event loop that started them and are not thread-safe.
 
 The rooms: ``_server.py`` (FeedServer's public faults, routing and waits) on
@@ -45,7 +49,7 @@ The rooms: ``_server.py`` (FeedServer's public faults, routing and waits) on
 (which frames are requests and what the reply says), ``_faults.py``
 (handshake faults, garbage), ``_proxy.py`` (FaultProxy) on ``_link.py``
 (one proxied connection) and ``_proxy_faults.py`` (per-direction faults),
-``_common.py`` (checks, encoding, wake-ups).
+``_depth.py`` (DepthFeed), ``_common.py`` (checks, encoding, wake-ups).
 """
 
 from ._base import OnConnect
@@ -56,6 +60,7 @@ from ._common import (
     DEFAULT_WAIT_TIMEOUT,
     Applied,
 )
+from ._depth import Book, DepthFeed, apply_depth_update, book_from_snapshot
 from ._proxy import FaultProxy
 from ._proxy_faults import Direction, Directions, LinkFaults
 from ._routes import (
@@ -77,6 +82,8 @@ __all__ = [
     "ERROR_HANDLER_FAILED",
     "ERROR_UNKNOWN_METHOD",
     "Applied",
+    "Book",
+    "DepthFeed",
     "Direction",
     "Directions",
     "FaultProxy",
@@ -86,4 +93,6 @@ __all__ = [
     "Reply",
     "RouteHandler",
     "RouteName",
+    "apply_depth_update",
+    "book_from_snapshot",
 ]
