@@ -54,6 +54,8 @@ class Link:
         self._states = states
         self._changed = changed
         self.was_reset = False
+        self.half_open: set[str] = set()
+        """Directions this connection black-holes on its own (see FaultProxy.half_open)."""
 
     def abort(self, *, rst: bool = False) -> None:
         """Close both sockets now (with an RST if ``rst``); the pumps then end."""
@@ -79,8 +81,8 @@ class Link:
             self._upstream_writer = up_writer
             try:
                 async with asyncio.TaskGroup() as tg:
-                    tg.create_task(self._pump(self._client_reader, up_writer, self._states["to_server"]))
-                    tg.create_task(self._pump(up_reader, self._client_writer, self._states["to_client"]))
+                    tg.create_task(self._pump(self._client_reader, up_writer, "to_server"))
+                    tg.create_task(self._pump(up_reader, self._client_writer, "to_client"))
             except* ResetNow:
                 self.was_reset = True
                 logger.debug("FaultProxy: connection {}: reset", self.number)
@@ -93,11 +95,12 @@ class Link:
         finally:
             self.abort()
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: DirectionState) -> None:
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direction: str) -> None:
+        state = self._states[direction]
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(MAX_QUEUED_CHUNKS)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._read(reader, queue, state))
-            await self._write(writer, queue, state)
+            await self._write(writer, queue, state, direction)
 
     async def _read(
         self, reader: asyncio.StreamReader, queue: asyncio.Queue[tuple[float, bytes]], state: DirectionState
@@ -112,7 +115,11 @@ class Link:
                 return
 
     async def _write(
-        self, writer: asyncio.StreamWriter, queue: asyncio.Queue[tuple[float, bytes]], state: DirectionState
+        self,
+        writer: asyncio.StreamWriter,
+        queue: asyncio.Queue[tuple[float, bytes]],
+        state: DirectionState,
+        direction: str,
     ) -> None:
         loop = asyncio.get_running_loop()
         next_ok = 0.0  # when the bandwidth limit allows the next write
@@ -122,7 +129,7 @@ class Link:
             if wait > 0:
                 await asyncio.sleep(wait)
             faults = state.faults
-            if faults.black_hole:
+            if faults.black_hole or direction in self.half_open:
                 state.discarded += len(data)
                 self._changed()
                 if not data:

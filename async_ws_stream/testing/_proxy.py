@@ -52,7 +52,9 @@ class FaultProxy:
     * per direction (``"to_server"``, ``"to_client"`` or ``"both"``), set
       with :meth:`set` at any time and applied to every connection at once:
       latency and jitter, a bandwidth limit, slicing into small writes (1-byte
-      writes), and a black hole (half-open: bytes vanish, sockets stay open);
+      writes), and a black hole (a partition: bytes vanish, sockets stay open);
+    * :meth:`half_open`: the connections open now go silent in a direction,
+      sockets kept open, while new ones work (a peer that vanished);
     * :meth:`reset_after`: a TCP RST on both sockets after K more bytes in a
       direction (mid-frame, when K is smaller than the next frame);
     * :meth:`reset_next`: the next N connections get an RST right after accept;
@@ -235,12 +237,14 @@ class FaultProxy:
         return self._directions[directions("FaultProxy.faults", direction)[0]].faults
 
     def clear(self) -> None:
-        """Turn every fault off: both directions' settings, armed resets and queued accept faults."""
+        """Turn every fault off: both directions' settings, half-open connections, armed resets and queued accept faults."""
         for state in self._directions.values():
             state.faults = LinkFaults()
             state.reset_countdown = None
         self._resets_pending = 0
         self._holds.clear()
+        for link in self._links:
+            link.half_open.clear()
 
     def reset_after(self, nbytes: int, direction: Directions = "to_client") -> None:
         """Reset the connection that forwards the next ``nbytes`` bytes in ``direction``, once.
@@ -281,6 +285,25 @@ class FaultProxy:
         """
         check_count("delay_next", n)
         self._holds.extend([check_seconds("delay_next", "seconds", seconds)] * n)
+
+    def half_open(self, direction: Directions = "to_client") -> int:
+        """Make every open connection half-open in ``direction``; return how many.
+
+        From now on those connections discard (and count) what they read in
+        that direction, end-of-stream included, and keep both sockets open,
+        as when a peer vanished without a word. Connections opened later are
+        not affected, so a client that notices (``idle_timeout``, pings) and
+        reconnects recovers on its own. :meth:`clear` undoes it;
+        ``set(black_hole=True)`` is the lasting kind, a partition that takes
+        later connections too.
+
+        Raises:
+            ValueError: If the direction is unknown.
+        """
+        names = directions("half_open", direction)
+        for link in self._links:
+            link.half_open.update(names)
+        return len(self._links)
 
     def reset_all(self) -> int:
         """Reset every open connection now (RST on both sockets); return how many."""

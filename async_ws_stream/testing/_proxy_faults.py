@@ -58,8 +58,9 @@ class LinkFaults:
             byte), yielding to the event loop between writes so that the peer
             reads them apart; None writes what was read at once.
         black_hole: Discard (and count) everything instead of forwarding it,
-            end-of-stream included, keeping both sockets open: a half-open
-            connection in this direction.
+            end-of-stream included, keeping both sockets open: a partition
+            in this direction, for every connection, new ones included (see
+            :meth:`FaultProxy.half_open` for the connections open now only).
     """
 
     latency: float = 0.0
