@@ -74,18 +74,18 @@ from ._routes import (
 from ._server import FeedServer
 
 __all__ = [
+    "Applied",
+    "Book",
     "DEFAULT_CLOSE_TIMEOUT",
     "DEFAULT_ID_KEYS",
     "DEFAULT_MAX_SIZE",
     "DEFAULT_PING_INTERVAL",
     "DEFAULT_WAIT_TIMEOUT",
-    "ERROR_HANDLER_FAILED",
-    "ERROR_UNKNOWN_METHOD",
-    "Applied",
-    "Book",
     "DepthFeed",
     "Direction",
     "Directions",
+    "ERROR_HANDLER_FAILED",
+    "ERROR_UNKNOWN_METHOD",
     "FaultProxy",
     "FeedServer",
     "LinkFaults",
