@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidMessage
 
 from async_ws_stream import RetriesExhausted
 from async_ws_stream.testing import FaultProxy, FeedServer
@@ -289,6 +290,25 @@ async def test_close_is_idempotent_and_leaves_nothing(server: FeedServer) -> Non
         await connect(proxy.url, open_timeout=1)
     with pytest.raises(RuntimeError, match="closed"):
         await proxy.start()
+
+
+@pytest.mark.single_transport
+async def test_close_cuts_a_hold_short_and_survives_cancellation(server: FeedServer) -> None:
+    """close() ends a connection held by delay_next at once; a cancelled close() still finishes."""
+    before = asyncio.all_tasks()
+    proxy = await FaultProxy(server.url).start()
+    proxy.delay_next(1, 30)
+    dialing = asyncio.ensure_future(connect(proxy.url, open_timeout=5))
+    await proxy.wait_connections(1)
+    closing = asyncio.ensure_future(proxy.close())
+    await asyncio.sleep(0)
+    closing.cancel()
+    async with asyncio.timeout(2):
+        await proxy.close()
+        with pytest.raises(InvalidMessage):  # the handshake never got an answer
+            await dialing
+    assert server.handshakes == 0
+    assert asyncio.all_tasks() == before
 
 
 @pytest.mark.single_transport
