@@ -28,6 +28,8 @@ from ._options import (
     DEFAULT_BACKOFF_JITTER,
     DEFAULT_BACKOFF_MAX,
     DEFAULT_STABLE_AFTER,
+    check_int,
+    check_number,
 )
 from ._redact import describe
 from .exceptions import AsyncWsStreamError, ConnectionRejected, RetriesExhausted
@@ -233,6 +235,10 @@ class RetryPolicy:
         stable_after: Seconds a connection must last to reset the count.
         is_fatal: Decides which failures end the client (default :func:`fatal_error`).
         random: The source of jitter, for tests.
+        where: Names the caller in the errors of a bad argument.
+
+    Raises:
+        TypeError, ValueError: a bad argument (``_options``' one rule), named in the message.
     """
 
     __slots__ = (
@@ -259,7 +265,16 @@ class RetryPolicy:
         stable_after: float = DEFAULT_STABLE_AFTER,
         is_fatal: Callable[[BaseException], ConnectionRejected | None] = fatal_error,
         random: Callable[[], float] = _random.random,
+        where: str = "RetryPolicy",
     ) -> None:
+        check_number(where, "backoff_initial", initial)
+        check_number(where, "backoff_factor", factor)
+        if factor < 1:
+            raise ValueError(f"{where}: backoff_factor must be >= 1, got {factor!r}")
+        check_number(where, "backoff_max", maximum)
+        check_number(where, "backoff_jitter", jitter, at_most=1)
+        check_int(where, "max_retries", max_retries, none=True)
+        check_number(where, "stable_after", stable_after)
         self.initial = initial
         self.factor = factor
         self.maximum = maximum

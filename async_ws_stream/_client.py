@@ -19,17 +19,16 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, ClassVar, Generic, Self, TypeVar
+from typing import Any, Self, TypeVar
 
 from loguru import logger
 
 from ._backoff import RetryPolicy, fatal_error
 from ._consumers import Consumers
-from ._conversation import Conversations, compile_alarms
+from ._conversation import Conversations, Conversing
 from ._counters import Counters
+from ._lifecycle import Tasks
 from ._dispatch import Index, Target
-from ._expect import Expectation
-from ._filters import compile_condition
 from ._options import (
     DEFAULT_BACKOFF_FACTOR,
     DEFAULT_BACKOFF_INITIAL,
@@ -37,18 +36,14 @@ from ._options import (
     DEFAULT_BACKOFF_MAX,
     DEFAULT_HANDLER_MAXSIZE,
     DEFAULT_MAXSIZE,
-    DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_SEND_TIMEOUT,
     DEFAULT_STABLE_AFTER,
-    EXIT_GRACE,
     Overflow,
     check_buffer,
-    check_int,
     check_number,
-    check_timeout,
 )
 from ._redact import describe
-from ._streams import AsyncHandler, Pressure, Stream
+from ._streams import Pressure, Stream
 from ._supervisor import Link, State, Supervisor
 from .exceptions import ClientClosed, ConnectionRejected, Timeout
 from .threaded import ThreadedClient
@@ -64,7 +59,7 @@ class _Default(enum.Enum):
     SEND_TIMEOUT = "send_timeout"
 
 
-class AsyncWsStream(abc.ABC, Generic[M]):
+class AsyncWsStream(Conversing[M], abc.ABC):
     """One websocket connection, kept alive, as any number of filtered message streams.
 
     Subclass it and implement three hooks:
@@ -116,9 +111,6 @@ class AsyncWsStream(abc.ABC, Generic[M]):
     on :meth:`start` or ``async with``.
     """
 
-    #: The key that carries a request's id, for :meth:`request` and :meth:`poll`.
-    request_id_key: ClassVar[str] = "id"
-
     def __init__(
         self,
         *,
@@ -143,15 +135,10 @@ class AsyncWsStream(abc.ABC, Generic[M]):
             check_number(name, "idle_timeout", idle_timeout, positive=True)
         if send_timeout is not None:
             check_number(name, "send_timeout", send_timeout, positive=True)
-        check_number(name, "backoff_initial", backoff_initial)
-        check_number(name, "backoff_max", backoff_max)
-        check_number(name, "stable_after", stable_after)
-        check_number(name, "backoff_factor", backoff_factor)
-        if backoff_factor < 1:
-            raise ValueError(f"{name}: backoff_factor must be >= 1, got {backoff_factor!r}")
-        check_number(name, "backoff_jitter", backoff_jitter, at_most=1)
-        check_int(name, "max_retries", max_retries, none=True)
-
+        policy = RetryPolicy(
+            initial=backoff_initial, factor=backoff_factor, maximum=backoff_max, jitter=backoff_jitter,
+            max_retries=max_retries, stable_after=stable_after, is_fatal=self._is_fatal, where=name,
+        )
         self._maxsize = maxsize
         self._overflow: Overflow = overflow
         self._send_timeout = send_timeout
@@ -159,18 +146,6 @@ class AsyncWsStream(abc.ABC, Generic[M]):
         pressure = Pressure()
         index: Index[Target] = Index(on_error=self._predicate_failed)
         self._consumers: Consumers[M] = Consumers(index, self._counters, pressure)
-        self._supervisor = Supervisor(
-            self,
-            index=index,
-            counters=self._counters,
-            pressure=pressure,
-            policy=RetryPolicy(
-                initial=backoff_initial, factor=backoff_factor, maximum=backoff_max, jitter=backoff_jitter,
-                max_retries=max_retries, stable_after=stable_after, is_fatal=self._is_fatal,
-            ),
-            idle_timeout=idle_timeout,
-            on_closed=self._connection_closed,
-        )
         self._conversations: Conversations[M] = Conversations(
             index=index,
             on_error=self._predicate_failed,
@@ -179,11 +154,11 @@ class AsyncWsStream(abc.ABC, Generic[M]):
             no_connection=self._no_connection,
             refusal=self._refusal,
         )
-        self._started = False
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._supervisor_task: asyncio.Task[None] | None = None
-        self._shutdown: asyncio.Task[None] | None = None
-        self._exiting: set[asyncio.Task[Any] | None] = set()  # tasks waiting in exit()
+        self._supervisor = Supervisor(
+            self, index=index, counters=self._counters, pressure=pressure, policy=policy,
+            idle_timeout=idle_timeout, on_closed=self._conversations.connection_closed,
+        )
+        self._tasks = Tasks()
         if _running_loop() is not None:
             self._start()
 
@@ -239,13 +214,12 @@ class AsyncWsStream(abc.ABC, Generic[M]):
 
     def _start(self) -> None:
         self._check_open("start")
-        if self._started:
+        if self._tasks.started:
             return
-        self._started = True
-        self._supervisor_task = self._spawn(self._supervise(), "supervisor")
+        self._tasks.start(self._supervise())
         for handler in self._consumers.async_handlers:
             if handler.task is None:
-                handler.task = self._spawn(handler.run(), f"handler {handler.fn!r}")
+                handler.task = self._tasks.spawn(handler.run(), f"handler {handler.fn!r}")
 
     async def __aenter__(self) -> Self:
         self._start()
@@ -273,72 +247,26 @@ class AsyncWsStream(abc.ABC, Generic[M]):
         (``_on_connect``, an async ``_parse_raw_data``) that calls it is
         cancelled instead: the supervisor it runs in is being stopped.
         """
-        caller = asyncio.current_task()
-        self._exiting.add(caller)
-        try:
-            if self._shutdown is None:
-                self._supervisor.gate.fail(lambda: ClientClosed("the client has exited"))
-                self._shutdown = asyncio.get_running_loop().create_task(
-                    self._close_all(), name="async_ws_stream exit"
-                )
-            # A caller inside the supervisor (a hook) is cancelled by the shutdown it
-            # asked for; the shield keeps the shutdown going without it.
-            await asyncio.shield(self._shutdown)
-        finally:
-            self._exiting.discard(caller)
-        if caller not in self._tasks:
-            # An async handler that called exit() is still finishing the call it
-            # made it from (its backlog was discarded); a caller from outside the
-            # library waits for that too, so that nothing of ours outlives exit().
-            # Library tasks skip this: two handlers must not wait for each other.
-            rest = list(self._tasks)
-            if rest:
-                _, late = await asyncio.wait(rest, timeout=EXIT_GRACE)
-                for task in late:
-                    task.cancel()
-                if late:
-                    await asyncio.wait(late)
+        await self._tasks.exit(
+            lambda: self._supervisor.gate.fail(lambda: ClientClosed("the client has exited")),
+            self._release,
+        )
 
-    async def _close_all(self) -> None:
-        supervisor = self._supervisor_task
-        if supervisor is not None:
-            supervisor.cancel()
+    async def _release(self) -> None:
+        """End every consumer and wait at exit; a handler that called exit() loses its backlog."""
         self._consumers.end(None)
         self._conversations.fail_all(lambda: ClientClosed("the client has exited"))
         for handler in self._consumers.async_handlers:
-            if handler.task in self._exiting:
+            if handler.task in self._tasks.exiting:
                 # It asked for the end: it ends right after the call it is in.
                 await handler.stream.close()
-        # A handler that called exit() waits for us; we must not wait for it.
-        workers = [t for t in self._tasks if t is not supervisor and t not in self._exiting]
-        if workers:
-            # Async handlers may finish what they already hold, briefly.
-            _, late = await asyncio.wait(workers, timeout=EXIT_GRACE)
-            for task in late:
-                task.cancel()
-        # The supervisor is awaited even when a hook of its own called exit(): it
-        # was cancelled above, so that exit() call raises instead of waiting for us.
-        pending = [t for t in self._tasks if t is supervisor or t not in self._exiting]
-        if pending:
-            await asyncio.wait(pending)
-        logger.info("{} exited", type(self).__name__)
-
-    def _spawn(self, coro: Any, what: str) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro, name=f"async_ws_stream {what}")
-        self._tasks.add(task)
-        task.add_done_callback(self._reap)
-        return task
-
-    def _reap(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.opt(exception=task.exception()).error("task {} failed", task.get_name())
+        logger.info("{} exiting", type(self).__name__)
 
     async def _supervise(self) -> None:
         error = await self._supervisor.run()
         # Announced only now, so that whoever sees the error finds the connection
         # closed and nothing of the supervisor's still running.
-        if error is not None and self._shutdown is None:
+        if error is not None and not self._tasks.closing:
             self._give_up(error)
 
     def _give_up(self, error: BaseException) -> None:
@@ -359,15 +287,12 @@ class AsyncWsStream(abc.ABC, Generic[M]):
             return gate.error()
         return None
 
-    def _connection_closed(self, conn: Link) -> None:
-        self._conversations.connection_closed(conn)
-
     def _predicate_failed(self, exc: BaseException, condition: object) -> None:
         self._counters.predicate_errors += 1
         logger.opt(exception=exc).warning("filter predicate in {!r} raised; treated as no match", condition)
 
     def _check_open(self, what: str) -> None:
-        if self._shutdown is not None:
+        if self._tasks.closing:
             raise ClientClosed(f"{what}: the client has exited")
 
     # -- consumers -------------------------------------------------------------------------
@@ -425,8 +350,8 @@ class AsyncWsStream(abc.ABC, Generic[M]):
         """
         self._check_open("add_handler")
         handler = self._consumers.add_handler(fn, filters, maxsize=maxsize, overflow=overflow)
-        if handler is not None and self._started:
-            handler.task = self._spawn(handler.run(), f"handler {fn!r}")
+        if handler is not None and self._tasks.started:
+            handler.task = self._tasks.spawn(handler.run(), f"handler {fn!r}")
 
     def remove_handler(self, fn: Callable[[M], Any]) -> None:
         """Remove the first handler equal (``==``) to ``fn``.
@@ -459,7 +384,7 @@ class AsyncWsStream(abc.ABC, Generic[M]):
 
     async def _wait_link(self, timeout: float | None, what: str) -> Link:
         self._check_open(what)
-        if not self._started:
+        if not self._tasks.started:
             self._start()
         gate = self._supervisor.gate
         if gate.value is not None:
@@ -506,146 +431,6 @@ class AsyncWsStream(abc.ABC, Generic[M]):
                 raise self._no_connection("send", limit)  # chains the last failure
             raise Timeout(f"send: not sent within {limit}s") from exc
 
-    async def request(
-        self,
-        msg: Mapping[str, Any],
-        *,
-        timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
-        id_key: str | None = None,
-    ) -> M:
-        """Send ``msg`` with a fresh id and return the first message carrying that id back.
-
-        The caller's dict is never changed: a copy goes out with ``id_key``
-        (default: the class's ``request_id_key``) set to the next number of this
-        client's counter (1, 2, 3, ...), unless ``msg`` already has a non-None
-        value there, which is then used as it is. The reply is not interpreted: an
-        error reply is returned like any other. It also reaches every stream and
-        handler it matches, as the same object.
-
-        A request made while there is no connection waits for one and goes out on
-        the next. One whose connection is lost before its reply fails at once
-        with :exc:`ConnectionLost`, not at its timeout; during a recycle, a
-        request in flight on the old connection still gets its reply if it arrives
-        before that connection's close completes.
-
-        Args:
-            msg: A mapping, serialised by :meth:`_serialize`.
-            timeout: Seconds for the whole call, including the wait for a
-                connection; None waits forever.
-            id_key: The key that carries the id, in the request and in its reply.
-
-        Raises:
-            ConnectionLost: the connection it went out on closed before the reply
-                (the server may or may not have processed it).
-            Timeout: no reply within ``timeout`` seconds (also a ``TimeoutError``).
-            ClientClosed: after :meth:`exit`.
-            RetriesExhausted, ConnectionRejected: the client gave up.
-            TypeError, ValueError: a bad argument, named in the message.
-
-        Cancelling it is safe: its expectation is unregistered at once.
-        """
-        return await self._conversations.request(
-            msg, timeout, self.request_id_key if id_key is None else id_key
-        )
-
-    def expect(
-        self,
-        until: Any,
-        *,
-        alarms: Any = None,
-        timeout: float | None = None,
-    ) -> Expectation[M]:
-        """Register now, and return an awaitable resolved by the first later message matching ``until``.
-
-        Registration happens in this call, before anything is awaited, so a
-        message dispatched right after it counts even if the caller sends
-        something first and awaits later (``exp = client.expect(...); await
-        client.send(...); await exp``). Messages dispatched before the call never
-        count.
-
-        A condition is a filter dict (with the path and predicate extensions of
-        :meth:`stream_filter`), a callable ``msg -> bool``, or a list of these
-        (any one matches). A predicate that raises counts as no match, and is
-        logged and counted in ``stats()["predicate_errors"]``.
-
-        Args:
-            until: The condition that resolves the expectation with its message.
-            alarms: Conditions that fail it with :exc:`Alarm` instead; a message
-                matching both ``until`` and an alarm is an alarm. None or ``[]``: none.
-            timeout: Seconds from this call; None waits forever.
-
-        Returns:
-            An :class:`Expectation`: await it for the message; ``cancel()`` it, or
-            cancel the task awaiting it, to unregister it at once.
-
-        Raises:
-            TypeError, ValueError: a malformed condition or timeout (at the call).
-            ClientClosed: after :meth:`exit` (at the call, or when awaited if
-                :meth:`exit` comes first).
-            Alarm: when awaited, a message matched an alarm (``.message``, ``.condition``).
-            Timeout: when awaited, nothing matched within ``timeout`` (also a ``TimeoutError``).
-            RetriesExhausted, ConnectionRejected: when awaited, the client gave up.
-        """
-        until_clauses = compile_condition(until, argname="expect: until")
-        alarm_clauses = compile_alarms(alarms, "expect")
-        check_timeout("expect", timeout)
-        self._check_open("expect")
-        return self._conversations.expect(until_clauses, alarm_clauses, timeout)
-
-    async def wait_for(self, until: Any, *, alarms: Any = None, timeout: float | None = None) -> M:
-        """Wait for the first later message matching ``until``: ``await expect(...)`` in one call.
-
-        Registers at the call, like :meth:`expect`, whose arguments and errors it
-        shares. Cancelling it is safe: the expectation is unregistered at once.
-        """
-        return await self.expect(until, alarms=alarms, timeout=timeout)
-
-    async def poll(
-        self,
-        msg: Mapping[str, Any],
-        until: Any,
-        *,
-        alarms: Any = None,
-        interval: float = 2.0,
-        max_retries: int = 50,
-        id_key: str | None = None,
-    ) -> M:
-        """Send ``msg`` as a request every ``interval`` seconds until its reply matches ``until``.
-
-        Each try is a fresh :meth:`request` with a fresh id (an id in ``msg`` is
-        replaced, so that a late reply to one try is never taken for another's);
-        only its reply is checked, against ``alarms`` first and then ``until``.
-        Each try waits up to ``interval`` seconds for its reply, including any wait
-        for a connection, and tries start ``interval`` seconds apart. A try that
-        times out or loses its connection (:exc:`ConnectionLost`) counts as a try,
-        and polling goes on, across reconnects.
-
-        Args:
-            msg: The request, as for :meth:`request`; the caller's dict is never changed.
-            until: Condition (as for :meth:`expect`) a reply must match to end the poll.
-            alarms: Conditions that end it with :exc:`Alarm`; None or ``[]``: none.
-            interval: Seconds between the starts of two tries.
-            max_retries: How many requests to send at most.
-            id_key: The id key, as for :meth:`request`.
-
-        Returns:
-            The first reply matching ``until``.
-
-        Raises:
-            Alarm: a reply matched one of ``alarms`` (``.message`` is the reply).
-            RetriesExhausted: ``max_retries`` tries went by without a match; the
-                last try's ``Timeout`` or ``ConnectionLost``, if it failed, is
-                chained as ``__cause__``. Also when the client gave up reconnecting.
-            ClientClosed: after :meth:`exit`.
-            ConnectionRejected: the server refused the client for good.
-            TypeError, ValueError: a bad argument, named in the message.
-
-        Cancelling it is safe: the try in flight is forgotten at once.
-        """
-        return await self._conversations.poll(
-            msg, until, alarms, interval, max_retries, self.request_id_key if id_key is None else id_key
-        )
-
     # -- state -----------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
@@ -670,7 +455,7 @@ class AsyncWsStream(abc.ABC, Generic[M]):
         conn = supervisor.current
         last = supervisor.last_error
         return {
-            "state": State.CLOSED.value if self._shutdown is not None else supervisor.state.value,
+            "state": State.CLOSED.value if self._tasks.closing else supervisor.state.value,
             "connected": conn is not None,
             "connects": c.connects,
             "reconnects": c.reconnects,

@@ -5,7 +5,8 @@ reply costs the pump one bucket look-up, like any stream. The
 :class:`Conversations` of a client owns them all: it files each one, forgets it
 the moment it settles (synchronously, so ``stats()["pending"]`` never lags), and
 fails the requests in flight on a connection the moment the supervisor says that
-connection will carry no more replies.
+connection will carry no more replies. :class:`Conversing` is the public face
+of it on the client: ``request``, ``expect``, ``wait_for`` and ``poll``.
 """
 
 from __future__ import annotations
@@ -13,19 +14,19 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from loguru import logger
 
 from ._dispatch import Index, Subscription, Target
 from ._expect import Expectation
 from ._filters import Clause, OnError, compile_condition
-from ._options import check_int, check_number, check_timeout
+from ._options import DEFAULT_REQUEST_TIMEOUT, check_int, check_number, check_timeout
 from ._redact import describe
 from ._supervisor import Link
 from .exceptions import Alarm, ConnectionLost, RetriesExhausted, Timeout
 
-__all__ = ["Conversations", "compile_alarms"]
+__all__ = ["Conversations", "Conversing", "compile_alarms"]
 
 M = TypeVar("M")
 
@@ -201,3 +202,158 @@ class Conversations(Generic[M]):
             f"poll: no reply matched until={until!r:.80} in {max_retries} tries (last try: {outcome}); "
             "raise max_retries or interval, or check the condition"
         ) from last
+
+
+class Conversing(Generic[M]):
+    """The conversation calls of :class:`~async_ws_stream.AsyncWsStream`, which inherits them.
+
+    The client provides ``_conversations`` and ``_check_open``.
+    """
+
+    #: The key that carries a request's id, for :meth:`request` and :meth:`poll`.
+    request_id_key: ClassVar[str] = "id"
+
+    _conversations: Conversations[M]
+
+    def _check_open(self, what: str) -> None:
+        raise NotImplementedError
+
+    async def request(
+        self,
+        msg: Mapping[str, Any],
+        *,
+        timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+        id_key: str | None = None,
+    ) -> M:
+        """Send ``msg`` with a fresh id and return the first message carrying that id back.
+
+        The caller's dict is never changed: a copy goes out with ``id_key``
+        (default: the class's ``request_id_key``) set to the next number of this
+        client's counter (1, 2, 3, ...), unless ``msg`` already has a non-None
+        value there, which is then used as it is. The reply is not interpreted: an
+        error reply is returned like any other. It also reaches every stream and
+        handler it matches, as the same object.
+
+        A request made while there is no connection waits for one and goes out on
+        the next. One whose connection is lost before its reply fails at once
+        with :exc:`ConnectionLost`, not at its timeout; during a recycle, a
+        request in flight on the old connection still gets its reply if it arrives
+        before that connection's close completes.
+
+        Args:
+            msg: A mapping, serialised by :meth:`_serialize`.
+            timeout: Seconds for the whole call, including the wait for a
+                connection; None waits forever.
+            id_key: The key that carries the id, in the request and in its reply.
+
+        Raises:
+            ConnectionLost: the connection it went out on closed before the reply
+                (the server may or may not have processed it).
+            Timeout: no reply within ``timeout`` seconds (also a ``TimeoutError``).
+            ClientClosed: after :meth:`exit`.
+            RetriesExhausted, ConnectionRejected: the client gave up.
+            TypeError, ValueError: a bad argument, named in the message.
+
+        Cancelling it is safe: its expectation is unregistered at once.
+        """
+        return await self._conversations.request(
+            msg, timeout, self.request_id_key if id_key is None else id_key
+        )
+
+    def expect(
+        self,
+        until: Any,
+        *,
+        alarms: Any = None,
+        timeout: float | None = None,
+    ) -> Expectation[M]:
+        """Register now, and return an awaitable resolved by the first later message matching ``until``.
+
+        Registration happens in this call, before anything is awaited, so a
+        message dispatched right after it counts even if the caller sends
+        something first and awaits later (``exp = client.expect(...); await
+        client.send(...); await exp``). Messages dispatched before the call never
+        count.
+
+        A condition is a filter dict (with the path and predicate extensions of
+        :meth:`stream_filter`), a callable ``msg -> bool``, or a list of these
+        (any one matches). A predicate that raises counts as no match, and is
+        logged and counted in ``stats()["predicate_errors"]``.
+
+        Args:
+            until: The condition that resolves the expectation with its message.
+            alarms: Conditions that fail it with :exc:`Alarm` instead; a message
+                matching both ``until`` and an alarm is an alarm. None or ``[]``: none.
+            timeout: Seconds from this call; None waits forever.
+
+        Returns:
+            An :class:`Expectation`: await it for the message; ``cancel()`` it, or
+            cancel the task awaiting it, to unregister it at once.
+
+        Raises:
+            TypeError, ValueError: a malformed condition or timeout (at the call).
+            ClientClosed: after :meth:`exit` (at the call, or when awaited if
+                :meth:`exit` comes first).
+            Alarm: when awaited, a message matched an alarm (``.message``, ``.condition``).
+            Timeout: when awaited, nothing matched within ``timeout`` (also a ``TimeoutError``).
+            RetriesExhausted, ConnectionRejected: when awaited, the client gave up.
+        """
+        until_clauses = compile_condition(until, argname="expect: until")
+        alarm_clauses = compile_alarms(alarms, "expect")
+        check_timeout("expect", timeout)
+        self._check_open("expect")
+        return self._conversations.expect(until_clauses, alarm_clauses, timeout)
+
+    async def wait_for(self, until: Any, *, alarms: Any = None, timeout: float | None = None) -> M:
+        """Wait for the first later message matching ``until``: ``await expect(...)`` in one call.
+
+        Registers at the call, like :meth:`expect`, whose arguments and errors it
+        shares. Cancelling it is safe: the expectation is unregistered at once.
+        """
+        return await self.expect(until, alarms=alarms, timeout=timeout)
+
+    async def poll(
+        self,
+        msg: Mapping[str, Any],
+        until: Any,
+        *,
+        alarms: Any = None,
+        interval: float = 2.0,
+        max_retries: int = 50,
+        id_key: str | None = None,
+    ) -> M:
+        """Send ``msg`` as a request every ``interval`` seconds until its reply matches ``until``.
+
+        Each try is a fresh :meth:`request` with a fresh id (an id in ``msg`` is
+        replaced, so that a late reply to one try is never taken for another's);
+        only its reply is checked, against ``alarms`` first and then ``until``.
+        Each try waits up to ``interval`` seconds for its reply, including any wait
+        for a connection, and tries start ``interval`` seconds apart. A try that
+        times out or loses its connection (:exc:`ConnectionLost`) counts as a try,
+        and polling goes on, across reconnects.
+
+        Args:
+            msg: The request, as for :meth:`request`; the caller's dict is never changed.
+            until: Condition (as for :meth:`expect`) a reply must match to end the poll.
+            alarms: Conditions that end it with :exc:`Alarm`; None or ``[]``: none.
+            interval: Seconds between the starts of two tries.
+            max_retries: How many requests to send at most.
+            id_key: The id key, as for :meth:`request`.
+
+        Returns:
+            The first reply matching ``until``.
+
+        Raises:
+            Alarm: a reply matched one of ``alarms`` (``.message`` is the reply).
+            RetriesExhausted: ``max_retries`` tries went by without a match; the
+                last try's ``Timeout`` or ``ConnectionLost``, if it failed, is
+                chained as ``__cause__``. Also when the client gave up reconnecting.
+            ClientClosed: after :meth:`exit`.
+            ConnectionRejected: the server refused the client for good.
+            TypeError, ValueError: a bad argument, named in the message.
+
+        Cancelling it is safe: the try in flight is forgotten at once.
+        """
+        return await self._conversations.poll(
+            msg, until, alarms, interval, max_retries, self.request_id_key if id_key is None else id_key
+        )

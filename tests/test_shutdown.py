@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from async_ws_stream import ClientClosed, ConnectionRejected
-from async_ws_stream._client import EXIT_GRACE
+from async_ws_stream._options import EXIT_GRACE
 from async_ws_stream.testing import FeedServer
 
 from .conftest import JsonClient
