@@ -22,40 +22,75 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
-import enum
 import itertools
 import threading
-import time
 import weakref
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 from loguru import logger
 
+from ._blocking import BATCH_SIZE, BlockingStream, Default
 from ._options import DEFAULT_HANDLER_MAXSIZE, DEFAULT_REQUEST_TIMEOUT, Overflow, check_timeout
 from ._streams import Stream
-from .exceptions import ClientClosed, Timeout
+from .exceptions import ClientClosed
 
-if TYPE_CHECKING:  # for annotations only: the client imports this module, not the other way round
-    from ._client import AsyncWsStream
-
-__all__ = ["BATCH_SIZE", "BlockingStream", "ThreadedClient"]
+__all__ = ["BATCH_SIZE", "AsyncClient", "BlockingStream", "ThreadedClient"]
 
 M = TypeVar("M")
 T = TypeVar("T")
 
-#: The most messages one hand-off moves from a stream's buffer to its consumer thread.
-BATCH_SIZE = 256
-
 _thread_numbers = itertools.count(1)
 
 
-class _Default(enum.Enum):
-    """Marks "the default timeout" where None already means "wait forever"."""
+class AsyncClient(Protocol[M]):
+    """What the handle drives in its loop thread: the calls of :class:`~async_ws_stream.AsyncWsStream`."""
 
-    TIMEOUT = "timeout"
+    def stream_filter(
+        self,
+        filters: Sequence[Mapping[Any, Any]] | None = None,
+        *,
+        maxsize: int | None = None,
+        overflow: Overflow | None = None,
+        copy: bool = False,
+    ) -> Stream[M]: ...
+
+    def add_handler(
+        self,
+        fn: Callable[[M], Any],
+        filters: Sequence[Mapping[Any, Any]] | None = None,
+        *,
+        maxsize: int = DEFAULT_HANDLER_MAXSIZE,
+        overflow: Overflow = "drop_oldest",
+    ) -> None: ...
+
+    def remove_handler(self, fn: Callable[[M], Any]) -> None: ...
+
+    async def send(self, msg: Any, *, timeout: Any = ...) -> None: ...
+
+    async def request(
+        self, msg: Mapping[str, Any], *, timeout: float | None = DEFAULT_REQUEST_TIMEOUT, id_key: str | None = None
+    ) -> M: ...
+
+    async def wait_for(self, until: Any, *, alarms: Any = None, timeout: float | None = None) -> M: ...
+
+    async def poll(
+        self,
+        msg: Mapping[str, Any],
+        until: Any,
+        *,
+        alarms: Any = None,
+        interval: float = 2.0,
+        max_retries: int = 50,
+        id_key: str | None = None,
+    ) -> M: ...
+
+    async def wait_connected(self, timeout: float | None = None) -> Any: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    async def exit(self) -> None: ...
 
 
 class ThreadedClient(Generic[M]):
@@ -76,13 +111,13 @@ class ThreadedClient(Generic[M]):
     process alive nor skips the close frame.
     """
 
-    def __init__(self, factory: Callable[[], AsyncWsStream[M]]) -> None:
+    def __init__(self, factory: Callable[[], AsyncClient[M]]) -> None:
         self._factory = factory
         self._lock = threading.Lock()  # orders submissions against exit()
         self._closing = False
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._client: AsyncWsStream[M] | None = None
+        self._client: AsyncClient[M] | None = None
         self._stop: asyncio.Event | None = None
         self._error: BaseException | None = None  # what the loop thread failed with
         self._final_stats: dict[str, Any] | None = None
@@ -92,7 +127,7 @@ class ThreadedClient(Generic[M]):
         )
 
     @classmethod
-    def _start(cls, factory: Callable[[], AsyncWsStream[M]]) -> ThreadedClient[M]:
+    def _start(cls, factory: Callable[[], AsyncClient[M]]) -> ThreadedClient[M]:
         """Start the thread, build the client in its loop, and return once it runs.
 
         Raises whatever building the client raised (a bad option: ``ValueError``),
@@ -186,7 +221,7 @@ class ThreadedClient(Generic[M]):
     # -- the public surface ----------------------------------------------------------------
 
     @property
-    def client(self) -> AsyncWsStream[M]:
+    def client(self) -> AsyncClient[M]:
         """The async client itself; use it only from inside its loop (see :attr:`loop`)."""
         assert self._client is not None
         return self._client
@@ -233,7 +268,7 @@ class ThreadedClient(Generic[M]):
         def make() -> Stream[M]:
             return self.client.stream_filter(filters, maxsize=maxsize, overflow=overflow, copy=copy)
 
-        stream = BlockingStream(self, self._call_sync(make), timeout)
+        stream = BlockingStream(self._call, self._call_sync(make), timeout)
         self._streams.add(stream)
         return stream
 
@@ -265,13 +300,13 @@ class ThreadedClient(Generic[M]):
         """
         self._call_sync(lambda: self.client.remove_handler(fn))
 
-    def send(self, msg: Any, *, timeout: float | None | _Default = _Default.TIMEOUT) -> None:
+    def send(self, msg: Any, *, timeout: float | None | Default = Default.TIMEOUT) -> None:
         """Send ``msg`` as :meth:`AsyncWsStream.send` does (default timeout: the client's ``send_timeout``).
 
         Raises:
             Timeout, ConnectionLost, ClientClosed: as :meth:`AsyncWsStream.send`.
         """
-        if isinstance(timeout, _Default):
+        if isinstance(timeout, Default):
             self._call(lambda: self.client.send(msg))
         else:
             self._call(lambda: self.client.send(msg, timeout=timeout))
@@ -386,149 +421,6 @@ class ThreadedClient(Generic[M]):
     def __repr__(self) -> str:
         state = "closed" if self._closing else "running"
         return f"<ThreadedClient {type(self._client).__name__} in {self._thread.name} {state}>"
-
-
-class BlockingStream(Generic[M]):
-    """A blocking iterator over one filtered stream of a :class:`ThreadedClient`.
-
-    Made by :meth:`ThreadedClient.stream_filter`. Iterate it with ``for``, or call
-    :meth:`get`. It ends (``StopIteration``) when the stream is closed or the
-    client exits, after the messages already buffered; it raises
-    :exc:`StreamOverflow` after the buffered messages when an ``overflow="error"``
-    stream overflowed, and :exc:`RetriesExhausted`/:exc:`ConnectionRejected` when
-    the client gave up.
-
-    Messages cross to the consumer's thread in batches of at most
-    :data:`BATCH_SIZE`, taken from the stream's buffer only when the consumer's
-    side is empty; so at most ``maxsize + BATCH_SIZE`` messages wait in all, and
-    ``stats()["streams"]`` counts only those still in the loop's buffer.
-
-    Several threads may share one; each message goes to one of them.
-    :meth:`close` is idempotent and may be called from any thread; it ends the
-    iteration of a consumer blocked in another thread.
-    """
-
-    def __init__(self, owner: ThreadedClient[M], stream: Stream[M], timeout: float | None) -> None:
-        self._owner = owner
-        self._stream = stream
-        self._timeout = timeout
-        self._ready: deque[M] = deque()  # handed over, not yet taken; deque ops are thread-safe
-        self._ended = False
-        self._fill_lock = threading.Lock()  # one hand-off in flight: a Stream has one waiter
-
-    def __iter__(self) -> Iterator[M]:
-        return self
-
-    def __next__(self) -> M:
-        try:
-            return self.get()
-        except EOFError:
-            raise StopIteration from None
-
-    def get(self, timeout: float | None | _Default = _Default.TIMEOUT) -> M:
-        """Return the next message, waiting up to ``timeout`` seconds for it.
-
-        Args:
-            timeout: Seconds to wait; None waits forever; by default the timeout
-                given to :meth:`ThreadedClient.stream_filter`.
-
-        Raises:
-            Timeout: no message within ``timeout`` (nothing is lost: the next call
-                returns the next message).
-            EOFError: the stream has ended.
-            StreamOverflow, RetriesExhausted, ConnectionRejected: the stream ended
-                with that error.
-        """
-        limit = self._timeout if isinstance(timeout, _Default) else timeout
-        check_timeout("BlockingStream.get", limit)
-        deadline = None if limit is None else time.monotonic() + limit
-        while True:
-            try:
-                return self._ready.popleft()
-            except IndexError:
-                pass
-            if self._ended:
-                raise EOFError("stream has ended")
-            wait = -1 if deadline is None else max(0.0, deadline - time.monotonic())
-            if not self._fill_lock.acquire(timeout=wait):
-                raise Timeout(f"BlockingStream.get: no message within {limit}s")
-            try:
-                if self._ready or self._ended:
-                    continue  # another thread's hand-off arrived meanwhile
-                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                try:
-                    ended = self._owner._call(lambda: self._fill(remaining, limit))
-                except ClientClosed:
-                    if self._ended:  # the loop drained the buffer into _ready as it exited
-                        continue
-                    raise
-                if ended:
-                    self._ended = True
-            finally:
-                self._fill_lock.release()
-
-    async def _fill(self, timeout: float | None, limit: float | None) -> bool:
-        """In the loop: wait for a message, move up to a batch into ``_ready``; True at the end."""
-        stream = self._stream
-        try:
-            async with asyncio.timeout(timeout):
-                first = await anext(stream)
-        except StopAsyncIteration:
-            return True
-        except TimeoutError as exc:
-            if isinstance(exc, Timeout):
-                raise
-            raise Timeout(f"BlockingStream.get: no message within {limit}s") from exc
-        # Filled here, not returned: a result the caller stops waiting for (Ctrl-C)
-        # would be lost, a message in _ready is not.
-        ready = self._ready
-        ready.append(first)
-        for _ in range(BATCH_SIZE - 1):
-            try:
-                ready.append(stream.get_nowait())
-            except IndexError:
-                break
-        return False
-
-    def _drain_at_exit(self) -> None:
-        """In the loop, after the client exited: hand over what the stream still buffers, then end."""
-        stream = self._stream
-        while True:
-            try:
-                self._ready.append(stream.get_nowait())
-            except IndexError:
-                break
-        self._ended = True
-
-    @property
-    def dropped(self) -> int:
-        """Messages this stream lost to its overflow policy."""
-        return self._stream.dropped
-
-    @property
-    def closed(self) -> bool:
-        """True once the stream takes no more messages."""
-        return self._stream.closed
-
-    def close(self) -> None:
-        """End the stream now and discard what it buffered. Idempotent; from any thread."""
-        self._ended = True
-        self._ready.clear()
-        try:
-            self._owner._call(self._stream.close)
-        except ClientClosed:
-            pass  # the client exited: its streams are over already
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"<BlockingStream of {self._stream!r} ready={len(self._ready)}>"
 
 
 async def _as_coroutine(make: Callable[[], Awaitable[T]]) -> T:
