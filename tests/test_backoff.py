@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import itertools
+import ssl
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK, InvalidHeaderValue, InvalidStatus
+from websockets.exceptions import (
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    InvalidHeaderValue,
+    InvalidStatus,
+    InvalidURI,
+)
 from websockets.frames import Close
 from websockets.http11 import Response
 
-from async_ws_stream import ConnectionRejected
+from async_ws_stream import ConnectionRejected, RetriesExhausted
 from async_ws_stream._backoff import (
     DEFAULT_BACKOFF_FACTOR,
     DEFAULT_BACKOFF_INITIAL,
     DEFAULT_BACKOFF_JITTER,
     DEFAULT_BACKOFF_MAX,
     MAX_RETRY_AFTER,
+    GiveUp,
+    Retry,
+    RetryPolicy,
     backoff_delays,
     fatal_error,
     retry_after,
@@ -228,3 +238,115 @@ def test_retry_after_never_raises_on_any_header_value(value: str) -> None:
         assume(False)  # websockets would have refused this response before we saw it
     result = retry_after(exc, now=NOW)
     assert result is None or 0.0 <= result <= MAX_RETRY_AFTER
+
+
+# -- the retry policy: one object for reconnects and recycles, no loop needed ------------------
+
+
+
+def policy(**options: object) -> RetryPolicy:
+    """A policy without jitter, so that its delays are exact."""
+    return RetryPolicy(**{"initial": 1.0, "factor": 2.0, "maximum": 8.0, "jitter": 0.0, **options})  # type: ignore[arg-type]
+
+
+def test_policy_counts_failures_and_spaces_them_by_the_formula() -> None:
+    """Consecutive failures are numbered 1, 2, 3 ... and wait 0, initial, initial*factor, ..."""
+    p = policy()
+    verdicts = [p.failed(OSError("refused")) for _ in range(6)]
+    assert all(isinstance(v, Retry) for v in verdicts)
+    assert [v.attempt for v in verdicts] == [1, 2, 3, 4, 5, 6]  # type: ignore[union-attr]
+    assert [v.delay for v in verdicts] == [0.0, 1.0, 2.0, 4.0, 8.0, 8.0]  # type: ignore[union-attr]
+
+
+def test_policy_gives_up_after_max_retries_naming_the_last_failure() -> None:
+    """With max_retries=2 the third failure is a GiveUp(RetriesExhausted) chaining it."""
+    p = policy(max_retries=2)
+    assert isinstance(p.failed(OSError("one")), Retry)
+    assert isinstance(p.failed(OSError("two")), Retry)
+    last = OSError("three")
+    verdict = p.failed(last)
+    assert isinstance(verdict, GiveUp)
+    assert isinstance(verdict.error, RetriesExhausted)
+    assert "three" in str(verdict.error) and verdict.error.__cause__ is last
+
+
+def test_fatal_failures_give_up_at_once_whatever_the_count() -> None:
+    """A 401 is a GiveUp(ConnectionRejected) on the first failure, chaining the refusal."""
+    refusal = refused(401)
+    verdict = policy().failed(refusal)
+    assert isinstance(verdict, GiveUp)
+    assert isinstance(verdict.error, ConnectionRejected) and verdict.error.__cause__ is refusal
+
+
+def test_policy_uses_the_given_fatal_verdict() -> None:
+    """is_fatal decides: a policy told that nothing is fatal retries a 401."""
+    assert isinstance(policy(is_fatal=lambda exc: None).failed(refused(401)), Retry)
+
+
+def test_retry_after_lengthens_a_delay_but_never_shortens_it() -> None:
+    """A Retry-After above the backoff delay wins; below it, the delay stands."""
+    p = policy()
+    assert p.failed(refused(503, **{"Retry-After": "30"})).delay == 30.0  # type: ignore[union-attr]
+    p.failed(OSError())
+    assert p.failed(refused(503, **{"Retry-After": "0"})).delay == 2.0  # type: ignore[union-attr]
+
+
+def test_a_stable_connection_resets_the_count_and_the_delays() -> None:
+    """A connection that lasted stable_after starts the count over: a later failure is retry 1, at once."""
+    p = policy(max_retries=2, stable_after=5.0)
+    p.failed(OSError())
+    p.failed(OSError())
+    assert p.lasted(5.0) is True
+    verdict = p.failed(OSError())
+    assert isinstance(verdict, Retry) and (verdict.attempt, verdict.delay) == (1, 0.0)
+
+
+def test_a_short_lived_connection_counts_for_nothing() -> None:
+    """A connection that died before stable_after leaves the count as it was (accept-then-drop)."""
+    p = policy(max_retries=2, stable_after=5.0)
+    p.failed(OSError())
+    p.failed(OSError())
+    assert p.lasted(4.9) is False
+    assert isinstance(p.failed(OSError()), GiveUp)
+
+
+def test_a_recycle_on_time_resets_the_count() -> None:
+    """The retry count does not survive a recycle of a connection that was up stable_after."""
+    p = policy(max_retries=2, stable_after=5.0)
+    p.failed(OSError())
+    p.failed(OSError())
+    assert p.recycle_delay(6.0) is None  # on time: the successor opens at once
+    assert isinstance(p.failed(OSError()), Retry)  # one drop after the recycle is retry 1, not a give-up
+
+
+def test_premature_recycles_are_paced_by_the_delays_without_spending_retries() -> None:
+    """Recycles asked for too soon wait 0, initial, initial*factor, ...; max_retries is not spent."""
+    p = policy(max_retries=1, stable_after=5.0)
+    assert [p.recycle_delay(0.0) for _ in range(5)] == [0.0, 1.0, 2.0, 4.0, 8.0]
+    assert p.attempts == 0
+    assert isinstance(p.failed(OSError()), Retry)
+
+
+def test_policy_arguments_follow_the_one_rule() -> None:
+    """A wrong type is a TypeError and an out-of-range value a ValueError, both naming the option."""
+    with pytest.raises(TypeError, match=r"Feed: max_retries must be None or an int >= 0, got str 'x'"):
+        RetryPolicy(max_retries="x", where="Feed")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"Feed: max_retries must be >= 0, got -1"):
+        RetryPolicy(max_retries=-1, where="Feed")
+    with pytest.raises(ValueError, match=r"backoff_jitter must be <= 1, got 1.5"):
+        RetryPolicy(jitter=1.5)
+    with pytest.raises(TypeError, match=r"backoff_initial must be a number, got bool True"):
+        RetryPolicy(initial=True)
+
+
+@pytest.mark.parametrize("exc", [
+    InvalidURI("http://x", "not a websocket URI"),
+    ssl.SSLCertVerificationError("certificate verify failed"),
+    TypeError("asyncio.wait() got a coroutine"),
+    ImportError("no module named picows"),
+])
+def test_errors_retrying_cannot_fix_are_fatal(exc: BaseException) -> None:
+    """An invalid URI, a failed certificate check and programming errors end the client at once."""
+    rejected = fatal_error(exc)
+    assert isinstance(rejected, ConnectionRejected)
+    assert type(exc).__name__ in str(rejected)
