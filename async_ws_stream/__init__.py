@@ -6,6 +6,26 @@ and ``_parse_raw_data``, then consume with ``stream_filter``, ``add_handler``,
 
 Logging goes through loguru under the name ``async_ws_stream`` and is disabled
 by default; ``logger.enable("async_ws_stream")`` turns it on.
+
+The rooms, one idea each (the README's "How it is built" says more)::
+
+    _client.py        AsyncWsStream: hooks, start/exit, consumers, send, stats
+    _supervisor.py    one connection's life: connect with retry, serve, pump, recycle, watch, retire
+    _backoff.py       pure: RetryPolicy and the delays; which failures are fatal
+    _conversation.py  request, expect, wait_for, poll
+    _consumers.py     the registry of streams and handlers
+    _streams.py       Stream: bounded buffer, overflow policy, close; the handlers
+    _filters.py       pure: compiled filters, the plain definition of a match
+    _dispatch.py      pure: the index that routes each message to its targets
+    _expect.py        Expectation, the awaitable behind every wait
+    _lifecycle.py     the tasks a client owns, and how they stop at exit()
+    _options.py       defaults and argument checks (TypeError for a type, ValueError for a range)
+    _counters.py      the totals behind stats()
+    _redact.py        log-safe text: URLs cut to host and port
+    threaded.py       start_in_thread's handle; _blocking.py its blocking streams
+    transports/       websockets_connect, picows_connect
+    testing/          FeedServer, FaultProxy, DepthFeed for tests
+    _cli.py, _demo.py, __main__.py   the command line
 """
 
 from loguru import logger
