@@ -65,4 +65,20 @@ __all__ = [
     "__version__",
 ]
 
-logger.disable("async_ws_stream")
+
+
+def _disable_logging_unless_enabled() -> None:
+    """Turn the library's logs off (loguru's advice to libraries), unless the user turned them on first.
+
+    ``logger.enable("async_ws_stream")`` called before this import must not be
+    undone by it. loguru has no public way to ask whether a name is enabled, so
+    this reads its activation list, and falls back to plain ``disable`` if that
+    ever changes shape.
+    """
+    activation = getattr(getattr(logger, "_core", None), "activation_list", None)
+    if isinstance(activation, list) and ("async_ws_stream.", True) in activation:
+        return
+    logger.disable("async_ws_stream")
+
+
+_disable_logging_unless_enabled()

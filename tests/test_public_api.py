@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import inspect
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import async_ws_stream
+
+from .subprocesses import child_env
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
@@ -52,3 +56,29 @@ def test_logging_is_disabled_by_default() -> None:
         logger.remove(sink)
     assert stream.dropped == 1
     assert lines == []
+
+
+def test_logging_enabled_before_the_import_stays_enabled() -> None:
+    """logger.enable("async_ws_stream") before `import async_ws_stream` is not undone by the import."""
+    script = (
+        "from loguru import logger; import sys; logger.remove(); logger.add(sys.stdout, format='{message}'); "
+        "logger.enable('async_ws_stream'); import async_ws_stream; "
+        "from async_ws_stream._counters import Counters; from async_ws_stream._streams import Stream; "
+        "s = Stream(None, maxsize=1, overflow='drop_newest', copy=False, counters=Counters()); "
+        "s.deliver(1); s.deliver(2)"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=child_env(), check=True)
+    assert "is full" in out.stdout
+
+
+def test_logging_stays_off_when_nothing_enabled_it() -> None:
+    """A plain import leaves the library silent, even with a sink on DEBUG."""
+    script = (
+        "from loguru import logger; import sys; logger.remove(); logger.add(sys.stdout, format='{message}'); "
+        "import async_ws_stream; "
+        "from async_ws_stream._counters import Counters; from async_ws_stream._streams import Stream; "
+        "s = Stream(None, maxsize=1, overflow='drop_newest', copy=False, counters=Counters()); "
+        "s.deliver(1); s.deliver(2)"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=child_env(), check=True)
+    assert out.stdout == ""
