@@ -9,7 +9,8 @@ by default; ``logger.enable("async_ws_stream")`` turns it on.
 
 The rooms, one idea each (the README's "How it is built" says more)::
 
-    _client.py        AsyncWsStream: hooks, start/exit, consumers, send, stats
+    _client.py        AsyncWsStream: start/exit, consumers, events, send, stats
+    _hooks.py         the hooks a subclass implements, with their defaults
     _supervisor.py    one connection's life: connect with retry, serve, pump, recycle, watch, retire
     _backoff.py       pure: RetryPolicy and the delays; which failures are fatal
     _conversation.py  request, expect, wait_for, poll
@@ -21,6 +22,7 @@ The rooms, one idea each (the README's "How it is built" says more)::
     _lifecycle.py     the tasks a client owns, and how they stop at exit()
     _options.py       defaults and argument checks (TypeError for a type, ValueError for a range)
     _counters.py      the totals behind stats()
+    _events.py        the lifecycle events a bot watches (Connected, Disconnected, ...)
     _redact.py        log-safe text: URLs cut to host and port
     threaded.py       start_in_thread's handle; _blocking.py its blocking streams
     transports/       websockets_connect, picows_connect
@@ -31,6 +33,7 @@ The rooms, one idea each (the README's "How it is built" says more)::
 from loguru import logger
 
 from ._client import AsyncWebsocketStreamInterface, AsyncWsStream
+from ._events import Closed, Connected, Disconnected, Event, Gap, GaveUp, Recycled, Recycling, Retrying
 from ._expect import Expectation
 from ._streams import Stream
 from .exceptions import (
@@ -54,10 +57,19 @@ __all__ = [
     "AsyncWsStreamError",
     "BlockingStream",
     "ClientClosed",
+    "Closed",
+    "Connected",
     "ConnectionLost",
     "ConnectionRejected",
+    "Disconnected",
+    "Event",
     "Expectation",
+    "Gap",
+    "GaveUp",
+    "Recycled",
+    "Recycling",
     "RetriesExhausted",
+    "Retrying",
     "Stream",
     "StreamOverflow",
     "ThreadedClient",

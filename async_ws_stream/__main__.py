@@ -36,6 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_retries=args.max_retries,
             stats=args.stats,
             verbose=args.verbose,
+            quiet=args.quiet,
         ))
     return run_demo(seconds=args.seconds, fault_every=args.fault_every)
 
@@ -81,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     connect.add_argument("--stats", action="store_true", help="print the client's counters on stderr at exit")
     connect.add_argument("-v", "--verbose", action="count", default=0,
                          help="log connections and retries on stderr (-vv: debug)")
+    connect.add_argument("-q", "--quiet", action="store_true",
+                         help="do not print connection events (connected, lost, retry) on stderr")
 
     demo = commands.add_parser(
         "demo",

@@ -1,8 +1,9 @@
 """``python -m async_ws_stream connect URL``: a reconnecting websocket client for the terminal.
 
 stdout carries only the matching messages, one compact JSON document a line,
-flushed as they arrive, so ``| jq`` and ``| head`` work; logs (``-v``), the
-``--stats`` summary and errors go to stderr.
+flushed as they arrive, so ``| jq`` and ``| head`` work; connection events (one
+short line each, unless ``-q``), logs (``-v``), the ``--stats`` summary and errors
+go to stderr.
 
 Exit codes: 0 after ``--count`` messages, or when the reader of stdout goes away
 (``| head``); 1 when the client gives up (``--max-retries`` ran out, or the server
@@ -24,6 +25,7 @@ from loguru import logger
 from websockets.asyncio.client import ClientConnection, connect
 
 from ._client import AsyncWsStream
+from ._events import Closed, Event, GaveUp
 from ._redact import describe
 from ._streams import Stream
 from .exceptions import AsyncWsStreamError
@@ -63,6 +65,7 @@ class ConnectOptions:
     max_retries: int | None = None
     stats: bool = False
     verbose: int = 0
+    quiet: bool = False  # no connection events on stderr
 
 
 class CliClient(AsyncWsStream[Any]):
@@ -118,6 +121,8 @@ class _Tally:
 async def _connect(options: ConnectOptions, out: IO[bytes], err: IO[str]) -> int:
     client = CliClient(options)
     tally = _Tally()
+    # Owned here and awaited below: the events stream ends after Closed, at exit.
+    printer = None if options.quiet else asyncio.create_task(_print_events(client.events(), err))
     try:
         async with client:
             async with client.stream_filter(options.filters or None) as stream:
@@ -127,10 +132,20 @@ async def _connect(options: ConnectOptions, out: IO[bytes], err: IO[str]) -> int
         print(f"async_ws_stream: error: {describe(exc)}", file=err)
         return EXIT_FAILED
     finally:
+        await client.exit()
+        if printer is not None:
+            await printer
         if options.stats:
             summary = {k: v for k, v in client.stats().items() if k != "streams"}
             summary["printed"] = tally.printed
             print(json.dumps(summary, separators=(",", ":")), file=err, flush=True)
+
+
+async def _print_events(events: Stream[Event], err: IO[str]) -> None:
+    """One short line on stderr per connection event; the give-up is printed as the error instead."""
+    async for event in events:
+        if not isinstance(event, (GaveUp, Closed)):
+            print(f"async_ws_stream: {event}", file=err, flush=True)
 
 
 async def _print_messages(stream: Stream[Any], out: IO[bytes], count: int | None, tally: _Tally) -> None:

@@ -11,11 +11,9 @@ to its targets. The client owns every task it starts and ends them all in
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import copy
 import enum
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
@@ -23,10 +21,12 @@ from typing import Any, Self, TypeVar
 
 from loguru import logger
 
-from ._backoff import RetryPolicy, fatal_error
+from ._backoff import RetryPolicy
 from ._consumers import Consumers
 from ._conversation import Conversations, Conversing
+from ._hooks import ClientHooks
 from ._counters import Counters
+from ._events import Closed, Event, GaveUp
 from ._lifecycle import Tasks
 from ._dispatch import Index, Target
 from ._options import (
@@ -34,6 +34,7 @@ from ._options import (
     DEFAULT_BACKOFF_INITIAL,
     DEFAULT_BACKOFF_JITTER,
     DEFAULT_BACKOFF_MAX,
+    DEFAULT_EVENTS_MAXSIZE,
     DEFAULT_HANDLER_MAXSIZE,
     DEFAULT_MAXSIZE,
     DEFAULT_SEND_TIMEOUT,
@@ -45,7 +46,7 @@ from ._options import (
 from ._redact import describe
 from ._streams import Pressure, Stream
 from ._supervisor import Link, State, Supervisor
-from .exceptions import ClientClosed, ConnectionRejected, Timeout
+from .exceptions import ClientClosed, Timeout
 from .threaded import ThreadedClient
 
 __all__ = ["AsyncWebsocketStreamInterface", "AsyncWsStream"]
@@ -59,7 +60,7 @@ class _Default(enum.Enum):
     SEND_TIMEOUT = "send_timeout"
 
 
-class AsyncWsStream(Conversing[M], abc.ABC):
+class AsyncWsStream(Conversing[M], ClientHooks[M]):
     """One websocket connection, kept alive, as any number of filtered message streams.
 
     Subclass it and implement three hooks:
@@ -156,55 +157,11 @@ class AsyncWsStream(Conversing[M], abc.ABC):
         )
         self._supervisor = Supervisor(
             self, index=index, counters=self._counters, pressure=pressure, policy=policy,
-            idle_timeout=idle_timeout, on_closed=self._conversations.connection_closed,
+            idle_timeout=idle_timeout, on_closed=self._conversations.connection_closed, emit=self._consumers.emit,
         )
         self._tasks = Tasks()
         if _running_loop() is not None:
             self._start()
-
-    # -- the hooks -------------------------------------------------------------------------
-
-    @abc.abstractmethod
-    async def _create_ws(self) -> Any:
-        """Open and return a new connection (for example ``await websockets.connect(url)``)."""
-
-    @abc.abstractmethod
-    async def _when2create_new_ws(self) -> None:
-        """Return (or raise) when the current connection must be replaced by a fresh one.
-
-        Runs once per connection, from the moment it carries traffic.
-        """
-
-    @abc.abstractmethod
-    def _parse_raw_data(self, raw: str | bytes) -> M | None | Any:
-        """Turn one frame into a message; return None to skip the frame.
-
-        May be a plain function (faster: no coroutine per frame) or a coroutine
-        function. Raising counts the frame as a parse error; the stream goes on.
-        """
-
-    async def _on_connect(self, ws: Any) -> None:
-        """Run on every new connection before it carries traffic; talk to ``ws`` directly."""
-
-    def _serialize(self, msg: Any) -> str | bytes:
-        """Encode a non-``str``/``bytes`` message for :meth:`send` (default: compact JSON)."""
-        return json.dumps(msg, separators=(",", ":"))
-
-    def _is_fatal(self, exc: BaseException) -> ConnectionRejected | None:
-        """Decide whether a connection failure ends the client instead of being retried.
-
-        Return the error to end the client with, or None to retry. By default a
-        handshake answered 401/403, a close code 1008 or 4000-4999, an invalid
-        URI, a TLS certificate that fails verification and a programming error
-        in a hook (``TypeError``, ``AttributeError``, ...) are fatal
-        (see :func:`async_ws_stream._backoff.fatal_error`).
-        Override to change that; ``exc`` is what opening a connection raised
-        (``_create_ws`` or ``_on_connect``, for a reconnect or for a recycle's new
-        connection alike) or what ended the connection (a ``websockets``
-        ``ConnectionClosed``). The returned error is what streams end with and
-        what ``send``/``request``/``wait_connected`` raise from then on.
-        """
-        return fatal_error(exc)
 
     # -- life ------------------------------------------------------------------------------
 
@@ -254,6 +211,7 @@ class AsyncWsStream(Conversing[M], abc.ABC):
 
     async def _release(self) -> None:
         """End every consumer and wait at exit; a handler that called exit() loses its backlog."""
+        self._consumers.emit(Closed())
         self._consumers.end(None)
         self._conversations.fail_all(lambda: ClientClosed("the client has exited"))
         for handler in self._consumers.async_handlers:
@@ -277,7 +235,8 @@ class AsyncWsStream(Conversing[M], abc.ABC):
             return _copy_error(error)
 
         self._supervisor.gate.fail(make_error)
-        self._consumers.end(make_error)
+        self._consumers.emit(GaveUp(make_error()))
+        self._consumers.end(make_error, events=False)
         self._conversations.fail_all(make_error)
 
     def _refusal(self) -> BaseException | None:
@@ -304,6 +263,7 @@ class AsyncWsStream(Conversing[M], abc.ABC):
         maxsize: int | None = None,
         overflow: Overflow | None = None,
         copy: bool = False,
+        events: bool = False,
     ) -> Stream[M]:
         """Return a new stream of the messages matching ``filters``, from now on.
 
@@ -314,22 +274,42 @@ class AsyncWsStream(Conversing[M], abc.ABC):
             maxsize: Buffer size (default: the client's).
             overflow: What a full buffer does (default: the client's).
             copy: Give this stream deep copies instead of the shared message.
+            events: Also carry the lifecycle events (``Connected``, ``Disconnected``,
+                ...) in-band, each at the point of the message flow where it happened.
 
         Raises:
             TypeError, ValueError: a malformed filter or option, named in the message.
             ClientClosed: after :meth:`exit`.
         """
+        self._check_open("stream_filter")
         stream = self._consumers.add_stream(
             filters,
             maxsize=self._maxsize if maxsize is None else maxsize,
             overflow=self._overflow if overflow is None else overflow,
             copy=copy,
+            events=events,
         )
-        self._check_open("stream_filter")
         refusal = self._refusal()
         if refusal is not None:
             stream.finish(refusal)
         return stream
+
+    def events(self, *, maxsize: int = DEFAULT_EVENTS_MAXSIZE) -> Stream[Event]:
+        """Return a new stream of the client's lifecycle events, from now on.
+
+        ``Connected``, ``Disconnected``, ``Retrying``, ``Recycling``, ``Recycled``,
+        ``GaveUp`` and ``Closed`` (frozen dataclasses; ``match`` them), in the order
+        they happened. Each is emitted at its exact point of the message flow: a
+        stream made with ``stream_filter(..., events=True)`` shows where. The oldest
+        event is dropped when ``maxsize`` wait unread (counted, like any stream's
+        drops). It ends after ``Closed()``, at :meth:`exit`; not when the client gives up.
+
+        Raises:
+            TypeError, ValueError: a bad ``maxsize``.
+            ClientClosed: after :meth:`exit`.
+        """
+        self._check_open("events")
+        return self._consumers.add_events(maxsize)
 
     def add_handler(
         self,

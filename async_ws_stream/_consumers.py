@@ -1,6 +1,7 @@
 """The consumer registry: every stream and handler of a client, filed in its index.
 
-The pump finds consumers only through the index; this room keeps the other
+The pump finds consumers only through the index; lifecycle events reach the
+streams that asked for them through :meth:`Consumers.emit`. This room keeps the other
 side of each registration (which stream or handler, under which subscription)
 so that a consumer can be removed, ended with the client, or listed in
 ``stats()``. It never awaits and starts no task: the client runs the tasks of
@@ -15,6 +16,7 @@ from typing import Any, Generic, TypeVar
 
 from ._counters import Counters
 from ._dispatch import Index, Subscription, Target
+from ._events import Event
 from ._filters import compile_filters
 from ._options import Overflow, check_buffer
 from ._streams import AsyncHandler, Pressure, Stream, SyncHandler
@@ -35,9 +37,19 @@ class Consumers(Generic[M]):
         self._pressure = pressure
         self._streams: dict[Stream[M], Subscription[Target]] = {}
         self._handlers: list[tuple[Callable[[M], Any], Handler, Subscription[Target]]] = []
+        # Streams that receive lifecycle events: events() streams, and message
+        # streams made with events=True. A dict, as an ordered set.
+        self._event_streams: dict[Stream[Any], None] = {}
+        self._events_only: set[Stream[Any]] = set()
 
     def add_stream(
-        self, filters: Sequence[Mapping[Any, Any]] | None, *, maxsize: int, overflow: Overflow, copy: bool
+        self,
+        filters: Sequence[Mapping[Any, Any]] | None,
+        *,
+        maxsize: int,
+        overflow: Overflow,
+        copy: bool,
+        events: bool = False,
     ) -> Stream[M]:
         """Register a new stream (arguments as for ``stream_filter``, checked here)."""
         check_buffer("stream_filter", maxsize, overflow)
@@ -47,12 +59,32 @@ class Consumers(Generic[M]):
             counters=self._counters, pressure=self._pressure, on_close=self._forget_stream,
         )
         self._streams[stream] = self._index.add(clauses, stream)
+        if events:
+            self._event_streams[stream] = None
+        return stream
+
+    def add_events(self, maxsize: int) -> Stream[Event]:
+        """Register a stream of lifecycle events only; its oldest event is dropped when it is full."""
+        check_buffer("events", maxsize, "drop_oldest")
+        stream: Stream[Event] = Stream(
+            "events", maxsize=maxsize, overflow="drop_oldest", copy=False,
+            counters=self._counters, on_close=self._forget_stream,
+        )
+        self._event_streams[stream] = None
+        self._events_only.add(stream)
         return stream
 
     def _forget_stream(self, stream: Stream[Any]) -> None:
         subscription = self._streams.pop(stream, None)
         if subscription is not None:
             self._index.remove(subscription)
+        self._event_streams.pop(stream, None)
+        self._events_only.discard(stream)
+
+    def emit(self, event: Event) -> None:
+        """Hand ``event`` to every stream that takes events, now, in the message flow's order."""
+        for stream in list(self._event_streams):
+            stream.deliver(event)
 
     def add_handler(
         self,
@@ -101,12 +133,19 @@ class Consumers(Generic[M]):
         """The registered async handlers, in registration order."""
         return [h for _, h, _ in self._handlers if isinstance(h, AsyncHandler)]
 
-    def end(self, stream_error: Callable[[], BaseException] | None) -> None:
-        """End every stream (after its buffer, with a fresh ``stream_error()`` if given) and handler."""
+    def end(self, stream_error: Callable[[], BaseException] | None, *, events: bool = True) -> None:
+        """End every message stream and handler (after its buffer, with a fresh ``stream_error()`` if given).
+
+        With ``events``, the events-only streams end too (at exit, after ``Closed``);
+        without (the client gave up), they go on until exit.
+        """
         for stream in list(self._streams):
             stream.finish(stream_error() if stream_error is not None else None)
         for handler in self.async_handlers:
             handler.stream.finish()
+        if events:
+            for stream in list(self._events_only):
+                stream.finish()
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Every open stream's filters, queue length and drops, for ``stats()["streams"]``."""

@@ -15,6 +15,7 @@ __all__ = [
     "DEFAULT_BACKOFF_INITIAL",
     "DEFAULT_BACKOFF_JITTER",
     "DEFAULT_BACKOFF_MAX",
+    "DEFAULT_EVENTS_MAXSIZE",
     "DEFAULT_HANDLER_MAXSIZE",
     "DEFAULT_MAXSIZE",
     "DEFAULT_REQUEST_TIMEOUT",
@@ -32,6 +33,7 @@ __all__ = [
 # Streams
 DEFAULT_MAXSIZE = 10_000
 DEFAULT_HANDLER_MAXSIZE = DEFAULT_MAXSIZE
+DEFAULT_EVENTS_MAXSIZE = 1000
 Overflow = Literal["error", "drop_oldest", "drop_newest"]
 OVERFLOW_POLICIES: tuple[str, ...] = ("error", "drop_oldest", "drop_newest")
 

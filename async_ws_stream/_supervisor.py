@@ -32,6 +32,7 @@ from websockets.exceptions import ConnectionClosed
 from ._backoff import GiveUp, RetryPolicy
 from ._counters import Counters
 from ._dispatch import Index, Target
+from ._events import Connected, Disconnected, Event, Recycled, Recycling, Retrying
 from ._options import EXIT_GRACE
 from ._redact import describe
 from ._streams import Pressure
@@ -190,6 +191,8 @@ class Supervisor:
         idle_timeout: Seconds without a data frame before a connection counts as dead.
         on_closed: Called, synchronously, when a connection will carry no more
             replies (requests in flight on it must fail).
+        emit: Receives each lifecycle event, synchronously, at the point of the
+            message flow where it happens (see :mod:`._events`).
     """
 
     def __init__(
@@ -202,8 +205,10 @@ class Supervisor:
         policy: RetryPolicy,
         idle_timeout: float | None,
         on_closed: Callable[[Link], None],
+        emit: Callable[[Event], None],
     ) -> None:
         self._hooks = hooks
+        self._emit = emit
         self._index = index
         self._counters = counters
         self._pressure = pressure
@@ -227,9 +232,11 @@ class Supervisor:
             while True:
                 successor = await self._serve(conn)
                 if successor is not None:
+                    self._emit(Recycled(conn.number, successor.number))
                     conn = successor
                     continue
                 cause = conn.closed_by or ConnectionLost("the connection ended")
+                self._emit(Disconnected(conn.number, describe(cause)))
                 self.policy.lasted(time.monotonic() - conn.opened_at)
                 conn = None  # it is closed: nothing for the finally below to retire meanwhile
                 conn = await self._open_with_retry(cause)
@@ -265,6 +272,7 @@ class Supervisor:
                 if isinstance(verdict, GiveUp):
                     raise verdict.error
                 self._counters.retries += 1
+                self._emit(Retrying(verdict.attempt, verdict.delay, describe(cause)))
                 if serving is None:
                     logger.warning("retry {} in {:.2f}s after {}", verdict.attempt, verdict.delay, describe(cause))
                 else:
@@ -302,6 +310,7 @@ class Supervisor:
         self.current = conn
         self.gate.open(conn)
         self.state = State.CONNECTED
+        self._emit(Connected(conn.number))
         try:
             async with asyncio.TaskGroup() as tg:
                 recycler = tg.create_task(self._recycle(conn), name="async_ws_stream recycle")
@@ -377,6 +386,7 @@ class Supervisor:
         except Exception as exc:
             logger.opt(exception=True).warning("_when2create_new_ws raised; recycling connection #{}", conn.number)
             reason = f"_when2create_new_ws raised {describe(exc)}"
+        self._emit(Recycling(conn.number, reason))
         age = time.monotonic() - conn.opened_at
         delay = self.policy.recycle_delay(age)
         if delay is None:

@@ -32,7 +32,8 @@ from typing import Any, Generic, Protocol, Self, TypeVar
 from loguru import logger
 
 from ._blocking import BATCH_SIZE, BlockingStream, Default
-from ._options import DEFAULT_HANDLER_MAXSIZE, DEFAULT_REQUEST_TIMEOUT, Overflow, check_timeout
+from ._events import Event
+from ._options import DEFAULT_EVENTS_MAXSIZE, DEFAULT_HANDLER_MAXSIZE, DEFAULT_REQUEST_TIMEOUT, Overflow, check_timeout
 from ._streams import Stream
 from .exceptions import ClientClosed
 
@@ -66,6 +67,8 @@ class AsyncClient(Protocol[M]):
     ) -> None: ...
 
     def remove_handler(self, fn: Callable[[M], Any]) -> None: ...
+
+    def events(self, *, maxsize: int = DEFAULT_EVENTS_MAXSIZE) -> Stream[Event]: ...
 
     async def send(self, msg: Any, *, timeout: Any = ...) -> None: ...
 
@@ -121,7 +124,7 @@ class ThreadedClient(Generic[M]):
         self._stop: asyncio.Event | None = None
         self._error: BaseException | None = None  # what the loop thread failed with
         self._final_stats: dict[str, Any] | None = None
-        self._streams: weakref.WeakSet[BlockingStream[M]] = weakref.WeakSet()
+        self._streams: weakref.WeakSet[BlockingStream[Any]] = weakref.WeakSet()
         self._thread = threading.Thread(
             target=self._run, name=f"async_ws_stream-{next(_thread_numbers)}", daemon=True
         )
@@ -269,6 +272,26 @@ class ThreadedClient(Generic[M]):
             return self.client.stream_filter(filters, maxsize=maxsize, overflow=overflow, copy=copy)
 
         stream = BlockingStream(self._call, self._call_sync(make), timeout)
+        self._streams.add(stream)
+        return stream
+
+    def events(self, *, maxsize: int = DEFAULT_EVENTS_MAXSIZE, timeout: float | None = None) -> BlockingStream[Event]:
+        """Return a blocking iterator over the client's lifecycle events, as :meth:`AsyncWsStream.events` does.
+
+        It ends after ``Closed()``, when the client exits.
+
+        Args:
+            maxsize: Events kept unread before the oldest is dropped (counted).
+            timeout: Default per-item timeout of the iterator; None waits forever.
+
+        Raises:
+            TypeError, ValueError: a bad ``maxsize`` or ``timeout``.
+            ClientClosed: after :meth:`exit`.
+        """
+        check_timeout("events", timeout)
+        stream: BlockingStream[Event] = BlockingStream(
+            self._call, self._call_sync(lambda: self.client.events(maxsize=maxsize)), timeout
+        )
         self._streams.add(stream)
         return stream
 

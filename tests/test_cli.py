@@ -54,7 +54,33 @@ async def test_prints_only_matching_messages_and_exits_after_count(server: FeedS
     assert [json.loads(line) for line in out.splitlines()] == [
         {"e": "trade", "p": 1}, {"e": "book", "s": "ETH", "n": "é"}, {"e": "trade", "p": 2},
     ]
-    assert err == ""
+    assert err == "async_ws_stream: connected (#1)\n"  # stderr: the connection's events, nothing else
+
+
+async def test_quiet_prints_no_connection_events(server: FeedServer) -> None:
+    """-q: stderr stays empty; stdout still carries the messages."""
+    async with cli("connect", server.url, "--count", "1", "-q") as proc:
+        await server.wait_connections(1)
+        await server.broadcast({"e": "trade"})
+        code, out, err = await finish(proc)
+    assert (code, out, err) == (0, '{"e":"trade"}\n', "")
+
+
+async def test_connection_events_show_retries_without_verbose(server: FeedServer) -> None:
+    """Without -v, a refused handshake and a drop still show on stderr, one short line each."""
+    server.refuse_next(1, status=503)
+    async with cli("connect", server.url, "--count", "1") as proc:
+        await server.wait_connections(1)
+        await server.drop()
+        await server.wait_connections(2)
+        await server.broadcast({"e": "trade"})
+        code, out, err = await finish(proc)
+    assert code == 0, err
+    lines = err.splitlines()
+    assert lines[0].startswith("async_ws_stream: retry 1 in 0.00s after InvalidStatus") and "503" in lines[0]
+    assert lines[1] == "async_ws_stream: connected (#1)"
+    assert lines[2].startswith("async_ws_stream: connection #1 lost: ")
+    assert "async_ws_stream: connected (#2)" in lines
 
 
 async def test_send_goes_out_on_every_new_connection(server: FeedServer) -> None:

@@ -59,3 +59,17 @@ def test_threaded_example_feeds_each_worker_thread() -> None:
         "ETHUSDT: 50 trades, last 204.00, high 208.00",
         "SOLUSDT: 50 trades, last 304.00, high 308.00",
     ]
+
+
+def test_bot_events_pauses_on_a_drop_and_resumes_on_reconnect() -> None:
+    """bot_events.py matches Connected/Disconnected/Retrying/Closed in order with the trades."""
+    assert run_example("bot_events.py").splitlines() == [
+        "connected (#1): quoting",
+        "paused: connection #1 lost (ConnectionClosedError)",
+        "retry 1 in 0.00s",
+        "retry 2 in 0.05s",
+        "retry 3 in 0.10s",
+        "connected (#2): quoting",
+        "closed",
+        "quotes: 15, trades ignored while paused: 0",
+    ]

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from async_ws_stream import (
     ConnectionRejected,
     RetriesExhausted,
@@ -18,7 +19,6 @@ from async_ws_stream.testing import FeedServer
 
 from .conftest import JsonClient, no_library_tasks
 from .subprocesses import child_env
-
 
 # -- the recycle storm -----------------------------------------------------------------------
 

@@ -16,7 +16,10 @@ import pytest
 from async_ws_stream import (
     Alarm,
     ClientClosed,
+    Closed,
+    Connected,
     ConnectionLost,
+    Disconnected,
     RetriesExhausted,
     StreamOverflow,
     Timeout,
@@ -265,3 +268,20 @@ async def test_blocking_call_from_the_loop_thread_is_refused(handle: ThreadedCli
     await server.broadcast({"e": "h"})
     await settle_thread(handle, server)
     assert len(errors) == 1 and "loop thread" in str(errors[0])
+
+
+async def test_events_as_a_blocking_iterator(server: FeedServer) -> None:
+    """handle.events() yields Connected, then Disconnected after a drop, and ends after Closed at exit."""
+    h: ThreadedClient[Any] = JsonClient.start_in_thread(server.url, backoff_initial=0.01)
+    try:
+        events = h.events(timeout=5)
+        await asyncio.to_thread(h.wait_connected, 5)
+        await server.wait_connections(1)
+        await server.drop()
+        await server.wait_connections(2)
+        await asyncio.to_thread(h.wait_connected, 5)
+    finally:
+        await asyncio.to_thread(h.exit)
+    seen = await asyncio.to_thread(list, events)
+    assert seen[0] == Connected(1) and isinstance(seen[1], Disconnected)
+    assert Connected(2) in seen and seen[-1] == Closed()

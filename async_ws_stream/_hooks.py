@@ -1,0 +1,66 @@
+"""The hooks a subclass implements: how to open a connection, when to recycle it, how to parse a frame.
+
+:class:`ClientHooks` holds them with their contracts and defaults;
+:class:`~async_ws_stream.AsyncWsStream` inherits it, and the supervisor calls
+them (see :class:`~._supervisor.Hooks`). The three abstract ones keep the names
+users of the older package know.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from typing import Any, Generic, TypeVar
+
+from ._backoff import fatal_error
+from .exceptions import ConnectionRejected
+
+__all__ = ["ClientHooks"]
+
+M = TypeVar("M")
+
+
+class ClientHooks(abc.ABC, Generic[M]):
+    """The overridable side of a client: three hooks to implement, three with defaults."""
+
+    @abc.abstractmethod
+    async def _create_ws(self) -> Any:
+        """Open and return a new connection (for example ``await websockets.connect(url)``)."""
+
+    @abc.abstractmethod
+    async def _when2create_new_ws(self) -> None:
+        """Return (or raise) when the current connection must be replaced by a fresh one.
+
+        Runs once per connection, from the moment it carries traffic.
+        """
+
+    @abc.abstractmethod
+    def _parse_raw_data(self, raw: str | bytes) -> M | None | Any:
+        """Turn one frame into a message; return None to skip the frame.
+
+        May be a plain function (faster: no coroutine per frame) or a coroutine
+        function. Raising counts the frame as a parse error; the stream goes on.
+        """
+
+    async def _on_connect(self, ws: Any) -> None:
+        """Run on every new connection before it carries traffic; talk to ``ws`` directly."""
+
+    def _serialize(self, msg: Any) -> str | bytes:
+        """Encode a non-``str``/``bytes`` message for :meth:`send` (default: compact JSON)."""
+        return json.dumps(msg, separators=(",", ":"))
+
+    def _is_fatal(self, exc: BaseException) -> ConnectionRejected | None:
+        """Decide whether a connection failure ends the client instead of being retried.
+
+        Return the error to end the client with, or None to retry. By default a
+        handshake answered 401/403, a close code 1008 or 4000-4999, an invalid
+        URI, a TLS certificate that fails verification and a programming error
+        in a hook (``TypeError``, ``AttributeError``, ...) are fatal
+        (see :func:`async_ws_stream._backoff.fatal_error`).
+        Override to change that; ``exc`` is what opening a connection raised
+        (``_create_ws`` or ``_on_connect``, for a reconnect or for a recycle's new
+        connection alike) or what ended the connection (a ``websockets``
+        ``ConnectionClosed``). The returned error is what streams end with and
+        what ``send``/``request``/``wait_connected`` raise from then on.
+        """
+        return fatal_error(exc)
