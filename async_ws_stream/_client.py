@@ -411,6 +411,10 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
                 raise self._no_connection("send", limit)  # chains the last failure
             raise Timeout(f"send: not sent within {limit}s") from exc
 
+    def _watch_lag(self, on_wait: Callable[[float], None], on_message: Callable[[Any], None] | None) -> None:
+        """Metrics' seam (see :func:`async_ws_stream.metrics.instrument`)."""
+        self._consumers.watch_lag(on_wait, on_message)
+
     # -- state -----------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
@@ -437,6 +441,7 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
         return {
             "state": State.CLOSED.value if self._tasks.closing else supervisor.state.value,
             "connected": conn is not None,
+            "connection": None if conn is None else conn.number,
             "connects": c.connects,
             "reconnects": c.reconnects,
             "recycles": c.recycles,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import copy as _copy
 import enum
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -30,7 +31,7 @@ from ._counters import Counters
 from ._options import Overflow
 from .exceptions import StreamOverflow
 
-__all__ = ["AsyncHandler", "Pressure", "Stream", "StreamStatistics", "SyncHandler"]
+__all__ = ["AsyncHandler", "Pressure", "Stream", "StreamStatistics", "SyncHandler", "TimedStream"]
 
 M = TypeVar("M")
 
@@ -315,6 +316,36 @@ class Stream(Generic[M]):
         )
         self._dropping = False
         self._episode_drops = 0
+
+
+class TimedStream(Stream[M]):
+    """A :class:`Stream` that reports how long each message waited between its dispatch and its consumer.
+
+    Made instead of a plain stream once the client is instrumented
+    (:mod:`async_ws_stream.metrics`); it holds ``(time, message)`` pairs, so plain
+    streams pay nothing for it.
+    """
+
+    __slots__ = ("_on_wait",)
+
+    def __init__(self, *args: Any, on_wait: Callable[[float], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_wait = on_wait
+
+    def deliver(self, msg: M) -> None:
+        """Buffer ``msg`` with the time it arrived (see :meth:`Stream.deliver`)."""
+        super().deliver((time.monotonic(), msg))  # type: ignore[arg-type]
+
+    async def __anext__(self) -> M:
+        held: Any = await super().__anext__()
+        self._on_wait(time.monotonic() - held[0])
+        return held[1]  # type: ignore[no-any-return]
+
+    def get_nowait(self) -> M:
+        """Return the next buffered message, or raise IndexError when there is none."""
+        held: Any = super().get_nowait()
+        self._on_wait(time.monotonic() - held[0])
+        return held[1]  # type: ignore[no-any-return]
 
 
 class SyncHandler:
