@@ -34,7 +34,17 @@ The rooms, one idea each (the README's "How it is built" says more)::
 from loguru import logger
 
 from ._client import AsyncWebsocketStreamInterface, AsyncWsStream
-from ._events import Closed, Connected, Disconnected, Event, Gap, GaveUp, Recycled, Recycling, Retrying
+from ._events import (
+    Closed,
+    Connected,
+    Disconnected,
+    Event,
+    Gap,
+    GaveUp,
+    Recycled,
+    Recycling,
+    Retrying,
+)
 from ._expect import Expectation
 from ._streams import Stream
 from .exceptions import (

@@ -24,11 +24,11 @@ from loguru import logger
 from ._backoff import RetryPolicy
 from ._consumers import Consumers
 from ._conversation import Conversations, Conversing
-from ._hooks import ClientHooks
 from ._counters import Counters
-from ._events import Closed, Event, GaveUp
-from ._lifecycle import Tasks
 from ._dispatch import Index, Target
+from ._events import Closed, Event, GaveUp
+from ._hooks import ClientHooks
+from ._lifecycle import Tasks
 from ._options import (
     DEFAULT_BACKOFF_FACTOR,
     DEFAULT_BACKOFF_INITIAL,
@@ -43,7 +43,7 @@ from ._options import (
     check_buffer,
     check_number,
 )
-from ._redact import describe
+from ._redact import describe, traceback_of
 from ._streams import Pressure, Stream
 from ._supervisor import Link, State, Supervisor
 from .exceptions import ClientClosed, Timeout
@@ -248,7 +248,9 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
 
     def _predicate_failed(self, exc: BaseException, condition: object) -> None:
         self._counters.predicate_errors += 1
-        logger.opt(exception=exc).warning("filter predicate in {!r} raised; treated as no match", condition)
+        logger.opt(lazy=True).warning(
+            "filter predicate in {} raised; treated as no match\n{}", lambda: repr(condition), lambda: traceback_of(exc)
+        )
 
     def _check_open(self, what: str) -> None:
         if self._tasks.closing:

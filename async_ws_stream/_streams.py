@@ -29,6 +29,7 @@ from loguru import logger
 
 from ._counters import Counters
 from ._options import Overflow
+from ._redact import traceback_of
 from .exceptions import StreamOverflow
 
 __all__ = ["AsyncHandler", "Pressure", "Stream", "StreamStatistics", "SyncHandler", "TimedStream"]
@@ -361,9 +362,9 @@ class SyncHandler:
         """Call the handler now, inline; count and log what it raises."""
         try:
             self.fn(msg)
-        except Exception:
+        except Exception as exc:
             self._counters.handler_errors += 1
-            logger.opt(exception=True).error("handler {!r} failed", self.fn)
+            logger.error("handler {!r} failed\n{}", self.fn, traceback_of(exc))
 
 
 class AsyncHandler:
@@ -391,6 +392,6 @@ class AsyncHandler:
         async for msg in self.stream:
             try:
                 await fn(msg)
-            except Exception:
+            except Exception as exc:
                 self._counters.handler_errors += 1
-                logger.opt(exception=True).error("handler {!r} failed", fn)
+                logger.error("handler {!r} failed\n{}", fn, traceback_of(exc))
