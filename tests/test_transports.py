@@ -24,7 +24,7 @@ from websockets.exceptions import (
 )
 from websockets.protocol import State
 
-import async_ws_stream.transports as transports
+import async_ws_stream.transports._picows_frames as picows_frames
 from async_ws_stream import ConnectionRejected
 from async_ws_stream._backoff import fatal_error, retry_after
 from async_ws_stream.testing import FeedServer
@@ -479,17 +479,37 @@ async def test_tls_refuses_an_untrusted_certificate(tls_url: str) -> None:
         ({"ping_interval": 0}, "ping_interval must be a number > 0 or None, got 0"),
         ({"ssl": ssl.create_default_context()}, "ssl was given for a ws:// URL"),
         ({"read_size": 0}, "picows_connect: read_size must be an int >= 1 .*got 0"),
+        ({"subprotocols": ["graphql ws"]}, "picows_connect: subprotocol 'graphql ws' is not an HTTP token"),
     ],
 )
 async def test_bad_arguments_name_the_argument_and_value(options: dict[str, Any], words: str) -> None:
-    """Bad options fail at the call with a ValueError naming the option and the value."""
+    """Right type, out of range: a ValueError naming the option and the value."""
     with pytest.raises(ValueError, match=words):
+        await picows_connect("ws://127.0.0.1:9/", **options)
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"max_queue": "16"}, r"picows_connect: max_queue must be .* got str '16'"),
+        ({"max_queue": (2.5, 1)}, r"picows_connect: max_queue must be .* got tuple \(2.5, 1\)"),
+        ({"max_size": 1.5}, "picows_connect: max_size must be an int >= 1 or None, got float 1.5"),
+        ({"open_timeout": "10"}, "picows_connect: open_timeout must be a number > 0 or None, got str '10'"),
+        ({"ping_interval": True}, "picows_connect: ping_interval must be .* got bool True"),
+        ({"read_size": None}, "picows_connect: read_size must be an int >= 1 .*got NoneType None"),
+        ({"subprotocols": "graphql-ws"}, "picows_connect: subprotocols must be a list of str, got str"),
+        ({"subprotocols": [b"graphql-ws"]}, "picows_connect: each subprotocol must be a str, got bytes"),
+    ],
+)
+async def test_arguments_of_the_wrong_type_raise_type_error(options: dict[str, Any], words: str) -> None:
+    """Wrong type: a TypeError naming the function, the option and the value."""
+    with pytest.raises(TypeError, match=words):
         await picows_connect("ws://127.0.0.1:9/", **options)
 
 
 async def test_without_picows_the_error_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """If picows cannot be imported, picows_connect says which extra to install."""
-    monkeypatch.setattr(transports, "picows", None)
+    monkeypatch.setattr(picows_frames, "picows", None)
     with pytest.raises(ImportError, match=r"async_ws_stream\[fast\]"):
         await picows_connect("ws://127.0.0.1:9/")
 
