@@ -268,6 +268,12 @@ async def picows_connect(
                 extra_headers=headers,
                 max_redirects=0,
                 logger_name=_PICOWS_LOG,
+                # aiofastnet's transport (picows' default when installed) registers
+                # its reader after connection_made even when that already closed it
+                # (a reset at accept): the closed fd stays in the selector, and the
+                # next socket to get that number fails with FileNotFoundError.
+                # asyncio's own transport checks first.
+                use_aiofastnet=False,
                 **options,
             )
         if listener is None:
