@@ -51,6 +51,7 @@ from ._streams import (
     SyncHandler,
     check_buffer_options,
 )
+from .transports import guard
 from .exceptions import (
     Alarm,
     AsyncWsStreamError,
@@ -533,6 +534,7 @@ class AsyncWsStream(abc.ABC, Generic[M]):
 
     async def _open(self) -> _Connection:
         ws = await self._create_ws()
+        guard(ws)  # floods: big reads parsed in slices (a no-op for what it does not know)
         try:
             await self._on_connect(ws)
         except BaseException:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import deque
 from typing import Any, TypeVar
@@ -22,6 +23,10 @@ from ._common import (
 )
 
 C = TypeVar("C")
+
+# What one slice should take to parse, and the smallest slice (some 250 pings).
+_SLICE_TIME = PARSE_BUDGET / 4
+_MIN_SLICE = 512
 
 
 async def websockets_connect(uri: str, *, read_size: int = DEFAULT_READ_SIZE, slice_size: int = DEFAULT_SLICE_SIZE,
@@ -43,12 +48,30 @@ async def websockets_connect(uri: str, *, read_size: int = DEFAULT_READ_SIZE, sl
     """
     check_read_size("websockets_connect", read_size)
     check_int("websockets_connect", "slice_size", slice_size, 1)
+    if "create_connection" not in options:
+        # Guarded from connection_made on, so that frames that come in the same
+        # read as the handshake response are sliced too.
+        options["create_connection"] = functools.partial(_GuardedConnection, slice_size=slice_size,
+                                                         read_size=read_size)
     ws = await connect(uri, **options)
-    guard(ws, slice_size=slice_size, read_size=read_size)
+    guard(ws, slice_size=slice_size, read_size=read_size)  # a no-op unless create_connection was the caller's
     return ws
 
 
-def guard(ws: C, *, slice_size: int = DEFAULT_SLICE_SIZE, read_size: int | None = None) -> C:
+class _GuardedConnection(ClientConnection):
+    """websockets' client connection with :func:`guard` installed the moment the transport is made."""
+
+    def __init__(self, *args: Any, slice_size: int, read_size: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._guard_options = (slice_size, read_size)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        slice_size, read_size = self._guard_options
+        guard(self, slice_size=slice_size, read_size=read_size)
+
+
+def guard(ws: C, *, slice_size: int | None = None, read_size: int | None = None) -> C:
     """Make an open websockets connection parse big reads in slices, letting the event loop run between them.
 
     asyncio hands a protocol everything one socket read brought, and websockets
@@ -76,23 +99,25 @@ def guard(ws: C, *, slice_size: int = DEFAULT_SLICE_SIZE, read_size: int | None 
             :class:`~async_ws_stream.transports.PicowsConnection`, which
             ``picows_connect`` guards itself; an object of another library) is
             returned untouched, with a DEBUG log.
-        slice_size: Bytes handed to websockets' parser at once.
+        slice_size: Most bytes handed to websockets' parser at once (fewer
+            while slices are slow to parse, as pings are); None:
+            ``DEFAULT_SLICE_SIZE``, or what an earlier call set.
         read_size: Most bytes one socket read may bring (the read buffer grows
-            to it while reads fill it); None keeps asyncio's 256 KiB, or the
-            size an earlier call set.
+            to it while reads fill it); None: asyncio's 256 KiB, or what an
+            earlier call set.
 
     Returns:
         ``ws``, so that ``guard(await websockets.connect(url))`` reads as one step.
 
-    Idempotent: a second call on the same connection changes nothing (except
-    to set a new ``read_size`` or ``slice_size`` if given). Not a coroutine;
+    Idempotent: a second call on the same connection changes nothing but the
+    sizes it is given. Not a coroutine;
     call it from the event loop's thread.
 
     Raises:
         TypeError: ``slice_size`` or ``read_size`` is not an int.
         ValueError: one of them is below 1.
     """
-    check_int("guard", "slice_size", slice_size, 1)
+    check_int("guard", "slice_size", slice_size, 1, allow_none=True)
     check_int("guard", "read_size", read_size, 1, allow_none=True, what=" (bytes per socket read)")
     if not isinstance(ws, Connection):
         logger.debug("guard: {} is not a websockets connection; left as it is", type(ws).__name__)
@@ -105,7 +130,8 @@ def guard(ws: C, *, slice_size: int = DEFAULT_SLICE_SIZE, read_size: int | None 
     if isinstance(protocol, SlicedReads) and protocol.inner is ws:
         protocol.configure(slice_size, read_size)
     elif protocol is ws:
-        transport.set_protocol(SlicedReads(ws, transport, slice_size, read_size))
+        transport.set_protocol(SlicedReads(ws, transport, DEFAULT_SLICE_SIZE if slice_size is None else slice_size,
+                                           read_size))
     else:
         logger.debug("guard: the connection's transport feeds a {}, not the connection; left as it is",
                      type(protocol).__name__)
@@ -124,7 +150,7 @@ class SlicedReads(Interposed):
     into the backlog and fed from there.
     """
 
-    __slots__ = ("_backlog", "_eof", "_handle", "_loop", "_offset", "_slice", "_transport", "_view")
+    __slots__ = ("_backlog", "_eof", "_handle", "_loop", "_offset", "_slice", "_step", "_transport", "_view")
 
     def __init__(self, conn: Connection, transport: asyncio.Transport, slice_size: int,
                  read_size: int | None) -> None:
@@ -133,6 +159,7 @@ class SlicedReads(Interposed):
         self._transport = transport
         self._loop = asyncio.get_running_loop()
         self._slice = slice_size
+        self._step = slice_size  # the slice in use: smaller while slices are slow to parse (pings)
         self._view = memoryview(bytearray(min(limit, ASYNCIO_READ_SIZE)))
         self._backlog: deque[bytes] = deque()
         self._offset = 0  # into the backlog's first chunk
@@ -143,8 +170,9 @@ class SlicedReads(Interposed):
     def inner(self) -> Any:
         return self._inner
 
-    def configure(self, slice_size: int, read_size: int | None) -> None:
-        self._slice = slice_size
+    def configure(self, slice_size: int | None, read_size: int | None) -> None:
+        if slice_size is not None:
+            self._slice = self._step = slice_size
         if read_size is not None:
             self._limit = read_size
             if len(self._view) > read_size:
@@ -152,9 +180,10 @@ class SlicedReads(Interposed):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._backlog:
-            # Part of a read is still waiting to be parsed: read little, so that
-            # what waits never grows past one read and a slice.
-            return self._view[: self._slice]
+            # Part of a read is still waiting to be parsed: read no more than one
+            # slice, the least a _feed call takes, so that what waits never grows
+            # past one read and a slice.
+            return self._view[: self._step]
         return self._view
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -187,12 +216,13 @@ class SlicedReads(Interposed):
             self._discard("the connection is closing")
             return
         data_received = self._inner.data_received
-        step = self._slice
-        deadline = time.perf_counter() + PARSE_BUDGET
+        clock = time.perf_counter
+        then = clock()
+        deadline = then + PARSE_BUDGET
         while backlog:
             chunk = backlog[0]
             start = self._offset
-            end = start + step
+            end = start + self._step
             if end >= len(chunk):
                 backlog.popleft()
                 self._offset = 0
@@ -200,7 +230,16 @@ class SlicedReads(Interposed):
             else:
                 self._offset = end
                 data_received(chunk[start:end])
-            if backlog and time.perf_counter() > deadline:
+            now = clock()
+            took, then = now - then, now
+            # A slice should parse in a quarter of the budget, so that the budget
+            # holds to within that: pings cost websockets 10 us each, a frame of
+            # an ordinary feed about as much per 100 bytes.
+            if took > _SLICE_TIME:
+                self._step = max(_MIN_SLICE, int(self._step * _SLICE_TIME / took))
+            elif took < _SLICE_TIME / 4 and self._step < self._slice:
+                self._step = min(self._slice, 2 * self._step)
+            if backlog and now > deadline:
                 self._handle = self._loop.call_soon(self._feed)
                 return
         if self._eof:
