@@ -25,15 +25,17 @@ DEFAULT_MAX_QUEUE = 16
 #: wake-up among more messages (bench/README.md has the figures); smaller ones
 #: tighten that bound and get the first messages of a long backlog out sooner.
 DEFAULT_READ_SIZE = 4 * 2**20
-#: Bytes of one read handed to websockets' parser at a time when a read is bigger
-#: (see :func:`~async_ws_stream.transports.guard`). Small enough that a slice of
-#: the smallest frames (2-3 bytes each, pings or one-byte messages) parses in a
-#: few milliseconds; big enough that a feed of ordinary frames pays one call per
-#: some 80 of them.
+#: Most bytes of one read handed to websockets' parser at a time, when a read is
+#: longer (see :func:`~async_ws_stream.transports.guard`). Some 80 frames of an
+#: ordinary busy feed, well under a millisecond to parse; slices of pings or
+#: one-byte frames (some 10 us each to websockets) shrink until a slice takes a
+#: quarter of PARSE_BUDGET.
 DEFAULT_SLICE_SIZE = 16 * 1024
-#: Longest the read guards keep the event loop parsing one read before they let
-#: other callbacks run.
-PARSE_BUDGET = 0.02
+#: Longest the read guards keep the event loop parsing before they let other
+#: callbacks run: websockets' slices in one callback; one picows read, after
+#: which its reads shrink. With the receive loop's work on what was parsed, a
+#: loop iteration under a flood stays within about twice this.
+PARSE_BUDGET = 0.05
 # What asyncio's socket transport reads at once; read buffers start here.
 ASYNCIO_READ_SIZE = 256 * 1024
 
