@@ -51,7 +51,6 @@ from ._streams import (
     SyncHandler,
     check_buffer_options,
 )
-from .transports import guard
 from .exceptions import (
     Alarm,
     AsyncWsStreamError,
@@ -61,6 +60,7 @@ from .exceptions import (
     RetriesExhausted,
     Timeout,
 )
+from .transports import guard
 
 if TYPE_CHECKING:
     from .threaded import ThreadedClient
