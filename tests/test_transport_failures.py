@@ -120,6 +120,7 @@ class HandshakeServer:
     url: str
     plan: list[str]  # what to do with each next request: "reset" or "stall"
     requests: asyncio.Queue[None]  # one item per request read
+    ports: list[int]  # the client's port of each connection, in order
 
 
 @pytest.fixture
@@ -127,9 +128,11 @@ async def handshake_server() -> AsyncIterator[HandshakeServer]:
     """A server that reads the handshake request, then does what the test puts in ``plan``: "reset" or "stall"."""
     plan: list[str] = []
     requests: asyncio.Queue[None] = asyncio.Queue()
+    ports: list[int] = []
     stalled: list[asyncio.StreamWriter] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        ports.append(writer.get_extra_info("peername")[1])
         await reader.readuntil(b"\r\n\r\n")
         requests.put_nowait(None)
         if plan.pop(0) == "reset":
@@ -142,7 +145,7 @@ async def handshake_server() -> AsyncIterator[HandshakeServer]:
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     try:
-        yield HandshakeServer(f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/", plan, requests)
+        yield HandshakeServer(f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/", plan, requests, ports)
     finally:
         for writer in stalled:
             writer.transport.abort()
@@ -211,6 +214,35 @@ async def test_a_tls_failure_leaves_nothing(open_ws: Connect, tls_url: str) -> N
         await fails(open_ws, tls_url, error=ssl.SSLCertVerificationError, open_timeout=5,
                     ssl=ssl.create_default_context())
     await nothing_left(before)
+
+
+def holds_socket_on(port: int) -> bool:
+    """Whether this process has a TCP socket open on local port ``port`` (from /proc/net/tcp)."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except FileNotFoundError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if int(fields[1].split(":")[1], 16) == port and fields[9] in inodes:
+                return True
+    return False
+
+
+@pytest.mark.parametrize("name", transports("websockets_connect", "picows"))
+@pytest.mark.parametrize("fault", ["reset", "stall"])
+async def test_the_socket_is_closed_when_the_error_is_raised(name: str, fault: str,
+                                                             handshake_server: HandshakeServer) -> None:
+    """Ours close the attempt's socket before raising (plain websockets.connect closes it an iteration later)."""
+    for _ in range(5):
+        handshake_server.plan.append(fault)
+        await fails(connector(name), handshake_server.url, open_timeout=0.1)
+        assert not holds_socket_on(handshake_server.ports[-1])
 
 
 @pytest.mark.skipif(not PICOWS_AVAILABLE, reason="picows is not installed")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections import deque
 from typing import Any, TypeVar
@@ -27,6 +26,8 @@ C = TypeVar("C")
 # What one slice should take to parse, and the smallest slice (some 250 pings).
 _SLICE_TIME = PARSE_BUDGET / 4
 _MIN_SLICE = 512
+# How long a failed websockets_connect waits for its connection to close.
+_LOST_TIMEOUT = 1.0
 
 
 async def websockets_connect(uri: str, *, read_size: int = DEFAULT_READ_SIZE, slice_size: int = DEFAULT_SLICE_SIZE,
@@ -48,14 +49,35 @@ async def websockets_connect(uri: str, *, read_size: int = DEFAULT_READ_SIZE, sl
     """
     check_read_size("websockets_connect", read_size)
     check_int("websockets_connect", "slice_size", slice_size, 1)
+    made: list[ClientConnection] = []
     if "create_connection" not in options:
         # Guarded from connection_made on, so that frames that come in the same
         # read as the handshake response are sliced too.
-        options["create_connection"] = functools.partial(_GuardedConnection, slice_size=slice_size,
-                                                         read_size=read_size)
-    ws = await connect(uri, **options)
+        def create_connection(*args: Any, **kwargs: Any) -> ClientConnection:
+            conn = _GuardedConnection(*args, slice_size=slice_size, read_size=read_size, **kwargs)
+            made.append(conn)
+            return conn
+
+        options["create_connection"] = create_connection
+    try:
+        ws = await connect(uri, **options)
+    except BaseException:
+        # websockets aborts the transport of a failed attempt; its socket closes
+        # an iteration later. Wait for that, so that none outlives the attempt.
+        for conn in made:
+            await _wait_lost(conn)
+        raise
     guard(ws, slice_size=slice_size, read_size=read_size)  # a no-op unless create_connection was the caller's
     return ws
+
+
+async def _wait_lost(conn: ClientConnection) -> None:
+    if getattr(conn, "transport", None) is None:
+        return  # its transport was never made: no socket to wait for
+    try:
+        await asyncio.wait_for(conn.wait_closed(), _LOST_TIMEOUT)
+    except TimeoutError:
+        logger.debug("websockets_connect: a failed attempt's connection did not close within {} s", _LOST_TIMEOUT)
 
 
 class _GuardedConnection(ClientConnection):
