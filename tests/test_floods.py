@@ -37,6 +37,7 @@ from async_ws_stream.transports import (
     picows_connect,
     websockets_connect,
 )
+import async_ws_stream.transports._picows as picows_transport
 from async_ws_stream.transports._websockets import SlicedReads
 
 from .conftest import JsonClient as FeedClient
@@ -352,6 +353,25 @@ async def test_an_end_of_stream_behind_a_backlog_comes_after_it() -> None:
             await ws.recv()
     assert got == 100_000
     assert closed.value.rcvd is None
+
+
+@pytest.mark.skipif(not PICOWS_AVAILABLE, reason="picows is not installed")
+async def test_picows_reads_shrink_under_a_flood_of_tiny_frames(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read that brings more than READ_MESSAGES messages makes the next reads smaller; every frame still arrives."""
+    monkeypatch.setattr(picows_transport, "READ_MESSAGES", 1000)
+    async with FloodServer("tiny", 100_000, on_first_frame=False).running() as flood:
+        ws = await picows_connect(flood.url, open_timeout=5, max_queue=None)
+        read_guard = ws.transport.get_protocol()
+        smallest = read_guard._cap
+        got = 0
+        try:
+            while (message := await asyncio.wait_for(ws.recv(), 10)) == "x":
+                got += 1
+                smallest = min(smallest, read_guard._cap)
+        finally:
+            await ws.close()
+    assert message == "end" and got == 100_000
+    assert smallest < 1000 * len(FRAMES["tiny"]) * 2  # about READ_MESSAGES frames' worth, not 4 MiB
 
 
 # -- guard() -------------------------------------------------------------------------------
