@@ -102,9 +102,10 @@ def guard(ws: C, *, slice_size: int | None = None, read_size: int | None = None)
     of the event loop. With the guard, a read longer than ``slice_size`` bytes
     is handed to websockets a slice at a time, for at most ``PARSE_BUDGET``
     seconds in one go; the rest follows from ``loop.call_soon``, after the
-    callbacks that were waiting (other connections, timers, consumers). While a
-    read is still being parsed the socket is read at most ``slice_size`` bytes
-    at a time, so memory stays bounded by one read. Reads up to ``slice_size``
+    callbacks that were waiting (other connections, timers, consumers). Slices
+    shrink while they are slow to parse (pings) and grow back to
+    ``slice_size``. While part of a read waits the socket is read at most one
+    slice at a time, so memory stays bounded by one read. Reads up to ``slice_size``
     go through as they came: a quiet feed pays nothing, a busy one one clock
     reading per slice, never anything per frame.
 
@@ -132,8 +133,7 @@ def guard(ws: C, *, slice_size: int | None = None, read_size: int | None = None)
         ``ws``, so that ``guard(await websockets.connect(url))`` reads as one step.
 
     Idempotent: a second call on the same connection changes nothing but the
-    sizes it is given. Not a coroutine;
-    call it from the event loop's thread.
+    sizes it is given. Not a coroutine; call it from the event loop's thread.
 
     Raises:
         TypeError: ``slice_size`` or ``read_size`` is not an int.
@@ -255,8 +255,8 @@ class SlicedReads(Interposed):
             now = clock()
             took, then = now - then, now
             # A slice should parse in a quarter of the budget, so that the budget
-            # holds to within that: pings cost websockets 10 us each, a frame of
-            # an ordinary feed about as much per 100 bytes.
+            # holds to within that: a ping costs websockets some 10 us (it answers
+            # each), an ordinary 200-byte frame some 5 us.
             if took > _SLICE_TIME:
                 self._step = max(_MIN_SLICE, int(self._step * _SLICE_TIME / took))
             elif took < _SLICE_TIME / 4 and self._step < self._slice:
