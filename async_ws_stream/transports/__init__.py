@@ -51,6 +51,7 @@ Layout: ``_common`` (defaults, argument checks, the read-adapter base),
 callbacks and the frame state), ``_picows_conn`` (the websockets-like surface),
 ``_picows`` (picows_connect).
 """
+
 from ._common import (
     DEFAULT_CLOSE_TIMEOUT,
     DEFAULT_MAX_QUEUE,
