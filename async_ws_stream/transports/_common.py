@@ -35,7 +35,7 @@ DEFAULT_SLICE_SIZE = 16 * 1024
 #: callbacks run: websockets' slices in one callback; one picows read, after
 #: which its reads shrink. With the receive loop's work on what was parsed, a
 #: loop iteration under a flood stays within about twice this.
-PARSE_BUDGET = 0.05
+PARSE_BUDGET = 0.03
 # What asyncio's socket transport reads at once; read buffers start here.
 ASYNCIO_READ_SIZE = 256 * 1024
 

@@ -238,6 +238,7 @@ class SlicedReads(Interposed):
             self._discard("the connection is closing")
             return
         data_received = self._inner.data_received
+        closing = self._transport.is_closing
         clock = time.perf_counter
         then = clock()
         deadline = then + PARSE_BUDGET
@@ -252,6 +253,11 @@ class SlicedReads(Interposed):
             else:
                 self._offset = end
                 data_received(chunk[start:end])
+            if closing():
+                # A write failed (a pong to a server that reset) or websockets gave
+                # up: what follows would only be answered into a dead transport.
+                self._discard("the connection is closing")
+                return
             now = clock()
             took, then = now - then, now
             # A slice should parse in a quarter of the budget, so that the budget
