@@ -36,6 +36,7 @@ from ._events import Connected, Disconnected, Event, Recycled, Recycling, Retryi
 from ._options import EXIT_GRACE
 from ._redact import describe, traceback_of
 from ._streams import Pressure
+from .transports import guard
 from .exceptions import AsyncWsStreamError, ConnectionLost
 
 __all__ = ["Gate", "Hooks", "Link", "State", "Supervisor", "WebSocket"]
@@ -295,6 +296,7 @@ class Supervisor:
 
     async def _open(self) -> Link:
         ws = _check_connection(await self._hooks._create_ws())
+        guard(ws)  # floods: big reads parsed in slices (a no-op for what it does not know)
         try:
             await self._hooks._on_connect(ws)
         except BaseException:
