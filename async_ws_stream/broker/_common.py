@@ -204,6 +204,12 @@ class Pending:
     def add(self, ack_handle: Any, placed: list[tuple[_Fed, int]]) -> None:
         self._items.append((ack_handle, placed))
 
+    def take_all(self) -> list[Any]:
+        """Remove and return every handle still pending, settled or not."""
+        out = [handle for handle, _ in self._items]
+        self._items.clear()
+        return out
+
     def settled_prefix(self) -> list[Any]:
         out = []
         items = self._items

@@ -236,7 +236,9 @@ class JetStreamSource:
     has handed it to its consumer (or dropped it, or was closed); the consumer
     is created with ``AckPolicy.ALL``, so one ack covers every earlier record.
     Records still buffered when the source closes, or when the process dies, are
-    not acknowledged: a durable consumer gets them again (at least once). While
+    not acknowledged: the next source with the same ``durable`` starts again at
+    the first unacknowledged record, in stream order (at least once). One
+    process reads a durable at a time: it is that reader's bookmark. While
     a stream is half full, the source stops fetching (the broker holds the
     backlog, not memory).
 
@@ -353,6 +355,8 @@ class JetStreamSource:
                 filter_subjects=self._subjects if len(self._subjects) > 1 else None,
                 filter_subject=self._subjects[0] if len(self._subjects) == 1 else None,
             )
+            if self._durable is not None:
+                await self._resume_at_ack_floor(js, config)
             self._psub = await js.pull_subscribe(self._subjects[0], durable=self._durable, stream=self._stream,
                                                  config=config)
         except BaseException:
@@ -361,6 +365,26 @@ class JetStreamSource:
             raise
         self._tasks = [asyncio.create_task(self._fetch(), name="async_ws_stream.broker.jetstream.fetch"),
                        asyncio.create_task(self._ack_loop(), name="async_ws_stream.broker.jetstream.ack")]
+
+    async def _resume_at_ack_floor(self, js: Any, config: ConsumerConfig) -> None:
+        """Make the durable consumer deliver again, in stream order, from its first unacknowledged record.
+
+        JetStream would redeliver the records a previous reader fetched and never
+        acknowledged only after ``ack_wait``, and not in stream order; so a
+        durable left with such records is recreated to start at its ack floor + 1.
+        """
+        try:
+            info = await js.consumer_info(self._stream, self._durable)
+        except nats.js.errors.NotFoundError:
+            return
+        if not info.num_ack_pending:
+            return
+        floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+        logger.info("{}: durable {!r} resumes at stream sequence {} ({} records were not acknowledged)",
+                    self._where, self._durable, floor + 1, info.num_ack_pending)
+        await js.delete_consumer(self._stream, self._durable)
+        config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+        config.opt_start_seq = floor + 1
 
     async def close(self) -> None:
         """Stop fetching, acknowledge what consumers have read, end every stream. Idempotent.

@@ -54,3 +54,124 @@ async def test_sink_publishes_every_matching_message_to_its_subject(
     assert [m["t"] for m in got] == list(range(50, 100))
     assert sink.stats()["published"] == 100
     assert await stream_count(nats_server.url) == 100
+
+
+async def test_twenty_recycles_under_load_leave_each_message_once_in_the_stream(
+    nats_server: NatsServer, feed: FeedServer, feed_client: FeedClient
+) -> None:
+    """The recycle overlap repeats messages; Nats-Msg-Id dedup keeps exactly one of each."""
+    await ensure_stream(servers=nats_server.url, stream="MD", subjects=["md.>"])
+    n = 4000
+    async with JetStreamSink(feed_client, servers=nats_server.url, stream="MD", subject="md.{e}.{s}") as sink:
+        await feed_client.wait_connected(5)
+        publishing = asyncio.create_task(feed.publish(trades(n), rate=20_000))
+        for _ in range(20):
+            recycled = feed_client.stats()["recycles"] + 1
+            feed_client.recycle_now.set()
+            await feed.wait_until(lambda: feed_client.stats()["recycles"] >= recycled)
+        await publishing
+        async with JetStreamSource(servers=nats_server.url, stream="MD", subjects="md.>") as source:
+            got = await read(source.stream_filter(), n)
+    assert feed_client.stats()["recycles"] == 20
+    assert sorted(m["t"] for m in got) == list(range(n))
+    assert await stream_count(nats_server.url) == n
+    assert sink.stats()["published"] >= n  # the overlaps' repeats were published too, and dropped by JetStream
+
+
+async def test_durable_consumer_resumes_where_it_stopped(nats_server: NatsServer) -> None:
+    """A durable source reads 40 of 100, closes; the next one with its name starts at the 41st."""
+    await ensure_stream(servers=nats_server.url, stream="MD", subjects=["md.>"])
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    for msg in trades(100):
+        await js.publish("md.trade.BTCUSDT", json_bytes(msg))
+    await nc.close()
+    async with JetStreamSource(servers=nats_server.url, stream="MD", subjects="md.>", durable="bot") as source:
+        first = await read(source.stream_filter(), 40)
+    async with JetStreamSource(servers=nats_server.url, stream="MD", subjects="md.>", durable="bot") as source:
+        rest = await read(source.stream_filter(), 60)
+        assert source.stats()["received"] <= 60  # nothing read before was delivered again
+    assert [m["t"] for m in first] == list(range(40))
+    assert [m["t"] for m in rest] == list(range(40, 100))
+
+
+async def test_source_filters_and_overflow_policy_are_the_clients(nats_server: NatsServer) -> None:
+    """Filters route records as stream_filter does; a full drop_newest stream counts its drops."""
+    await ensure_stream(servers=nats_server.url, stream="MD", subjects=["md.>"])
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    for msg in [*trades(30), *trades(30, 30, "ETHUSDT")]:
+        await js.publish(f"md.trade.{msg['s']}", json_bytes(msg))
+    await nc.close()
+    async with JetStreamSource(servers=nats_server.url, stream="MD", subjects="md.>", batch=100) as source:
+        eth = source.stream_filter([{"s": "ETHUSDT"}])
+        small = source.stream_filter([{"s": "BTCUSDT", "t": lambda t: t < 100}], maxsize=10, overflow="drop_newest")
+        got = await read(eth, 30)
+        assert [m["t"] for m in got] == list(range(30, 60))
+        assert small.dropped == 20 and source.stats()["dropped"] == 20
+        assert [m["t"] for m in [small.get_nowait() for _ in range(10)]] == list(range(10))
+
+
+async def test_unreachable_server_fails_with_the_address_to_fix(feed_client: FeedClient) -> None:
+    """No server on the port: BrokerUnavailable naming the URL, within connect_timeout."""
+    url = f"nats://127.0.0.1:{free_port()}"
+    with pytest.raises(BrokerUnavailable, match=r"cannot connect to NATS nats://127\.0\.0\.1:\d+ .*nats-server"):
+        async with JetStreamSink(feed_client, servers=url, stream="MD", subject="md.{e}", connect_timeout=0.5):
+            pass
+    with pytest.raises(BrokerUnavailable, match="cannot connect"):
+        async with JetStreamSource(servers=url, stream="MD", subjects="md.>", connect_timeout=0.5):
+            pass
+
+
+async def test_missing_stream_fails_naming_the_stream(nats_server: NatsServer, feed_client: FeedClient) -> None:
+    """A stream that does not exist: BrokerConfigError naming it and how to create it."""
+    with pytest.raises(BrokerConfigError, match=r"stream 'NOPE' does not exist .*ensure_stream"):
+        async with JetStreamSink(feed_client, servers=nats_server.url, stream="NOPE", subject="md.{e}"):
+            pass
+    with pytest.raises(BrokerConfigError, match="stream 'NOPE' does not exist"):
+        async with JetStreamSource(servers=nats_server.url, stream="NOPE", subjects="md.>"):
+            pass
+
+
+async def test_wrong_credentials_fail_naming_the_credentials(tmp_path: Any, feed_client: FeedClient) -> None:
+    """A server that wants a password: BrokerConfigError about credentials; the secret is not shown."""
+    server = NatsServer(tmp_path, "--user", "collector", "--pass", "right")
+    await server.start()
+    try:
+        url = f"nats://collector:wrong@127.0.0.1:{server.port}"
+        with pytest.raises(BrokerConfigError, match="rejected the credentials") as caught:
+            async with JetStreamSink(feed_client, servers=url, stream="MD", subject="md.{e}", connect_timeout=5):
+                pass
+        assert "wrong" not in str(caught.value)
+    finally:
+        server.stop()
+
+
+async def test_gap_subject_outside_the_stream_is_a_config_error(
+    nats_server: NatsServer, feed_client: FeedClient
+) -> None:
+    """Gap markers must land in the stream: a gap subject it does not cover fails on entry."""
+    await ensure_stream(servers=nats_server.url, stream="MD", subjects=["md.>"])
+    with pytest.raises(BrokerConfigError, match="gap subject 'other._gap' is not in stream 'MD'"):
+        async with JetStreamSink(feed_client, servers=nats_server.url, stream="MD", subject="md.{e}",
+                                 gap_subject="other._gap"):
+            pass
+
+
+def test_bad_options_fail_at_construction() -> None:
+    """Bad templates and options raise at once, naming the option."""
+    client = FeedClient("ws://127.0.0.1:9")
+    with pytest.raises(ValueError, match=r"placeholder \{0\}"):
+        JetStreamSink(client, servers="nats://x", stream="MD", subject="md.{0}")
+    with pytest.raises(ValueError, match="with a callable subject, pass gap_subject="):
+        JetStreamSink(client, servers="nats://x", stream="MD", subject=lambda m: "md.x")
+    with pytest.raises(ValueError, match="batch must be an int >= 1, got 0"):
+        JetStreamSink(client, servers="nats://x", stream="MD", subject="md.{e}", batch=0)
+    with pytest.raises(ValueError, match="overflow must be one of"):
+        JetStreamSink(client, servers="nats://x", stream="MD", subject="md.{e}", overflow="block")  # type: ignore[arg-type]
+
+
+def json_bytes(msg: Any) -> bytes:
+    import json
+
+    return json.dumps(msg, separators=(",", ":")).encode()
