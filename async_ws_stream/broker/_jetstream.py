@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -19,7 +18,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from .._backoff import backoff_delays
 from .._client import AsyncWsStream
 from .._streams import Overflow, Stream, check_buffer_options
-from ._common import BrokerConfigError, BrokerError, Dispatcher, Pending, default_collector
+from ._common import BrokerConfigError, BrokerError, Dispatcher, Pending
 from ._nats import (
     DEFAULT_CONNECT_TIMEOUT,
     connect_nats,

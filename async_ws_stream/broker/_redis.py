@@ -250,10 +250,11 @@ class RedisStreamSource:
         for name, value in (("batch", batch), ("dedup_memory", dedup_memory)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{where}: {name} must be an int >= 1, got {value!r}")
-        for name, value in (("block", block), ("claim_idle", claim_idle), ("ack_interval", ack_interval),
-                            ("connect_timeout", connect_timeout)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{where}: {name} must be a number of seconds > 0, got {value!r}")
+        seconds: tuple[tuple[str, float], ...] = (("block", block), ("claim_idle", claim_idle),
+                                                  ("ack_interval", ack_interval), ("connect_timeout", connect_timeout))
+        for name, secs in seconds:
+            if isinstance(secs, bool) or not isinstance(secs, (int, float)) or not secs > 0:
+                raise ValueError(f"{where}: {name} must be a number of seconds > 0, got {secs!r}")
         self._where = where
         self._url = url
         self._group = group
@@ -357,7 +358,7 @@ class RedisStreamSource:
         loop = asyncio.get_running_loop()
         delays = backoff_delays(0.05, 2.0, 2.0, 0.5)
         if group is None:
-            cursor: dict[str, str | bytes] = {k: "0-0" if self._start == "all" else "$" for k in self._keys}
+            cursor: dict[Any, Any] = {k: "0-0" if self._start == "all" else "$" for k in self._keys}
         else:
             cursor = dict.fromkeys(self._keys, "0")  # first, this consumer's own pending entries
         next_claim = loop.time()
@@ -371,6 +372,7 @@ class RedisStreamSource:
                     _reraise_swallowed_cancel()
                     next_claim = loop.time() + self._claim_idle
                     continue
+                reply: Any
                 if group is None:
                     reply = await r.xread(cursor, count=self._batch, block=self._block_ms)
                 else:
