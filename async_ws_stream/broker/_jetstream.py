@@ -125,14 +125,14 @@ class JetStreamSink(SinkCore):
             gap_subject = f"{prefix}._gap" if prefix else "_gap"
         if not isinstance(stream, str) or not stream:
             raise ValueError(f"{where}: stream must be the name of a JetStream stream, got {stream!r}")
-        super().__init__(
+        _check_seconds(where, "ack_timeout", ack_timeout)
+        _check_seconds(where, "connect_timeout", connect_timeout)
+        self._servers = server_list(where, servers)
+        super().__init__(  # last: it subscribes to the client
             where, client, filters=filters, maxsize=maxsize, overflow=overflow, batch=batch,
             drain_timeout=drain_timeout, backoff_initial=backoff_initial, backoff_max=backoff_max,
             collector=collector,
         )
-        _check_seconds(where, "ack_timeout", ack_timeout)
-        _check_seconds(where, "connect_timeout", connect_timeout)
-        self._servers = server_list(where, servers)
         self._names = ", ".join(redact_url(s) for s in self._servers)
         self._stream_name = stream
         self._gap_subject = gap_subject

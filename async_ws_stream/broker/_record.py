@@ -8,7 +8,7 @@ A *record* is one message the client received, re-encoded with the client's own
 * the id comes from the client's optional ``_sequence(msg) -> (key, first, last)``
   hook when it returns a tuple: ``"s:<key>:<first>:<last>"``;
 * otherwise from the content: ``"c:"`` + the BLAKE2b-128 hex digest of the
-  record's bytes and its subject. Two collectors of one feed therefore give one
+  record's bytes. Two collectors of one feed therefore give one
   message the same id only if they encode it to the same bytes: the same
   ``_parse_raw_data`` and ``_serialize`` (JSON keeps the frame's key order, so
   the default pair does), and no per-process field (receive time, connection
@@ -120,9 +120,8 @@ class RecordEncoder:
         if seq is not None:
             key, first, last = seq
             return subject, data, f"s:{key}:{first}:{last}"
-        digest = hashlib.blake2b(data, digest_size=16)
-        digest.update(subject.encode())
-        return subject, data, "c:" + digest.hexdigest()
+        # The subject is a function of the message, so the bytes alone identify it.
+        return subject, data, "c:" + hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def gap_marker(dropped: int, collector: str, number: int, session: str) -> tuple[bytes, str]:

@@ -137,7 +137,10 @@ class RedisStreamSink(SinkCore):
             raise ValueError(f"{where}: maxlen must be an int >= 1 or None, got {maxlen!r}")
         if dedup_window is not None and not (isinstance(dedup_window, (int, float)) and dedup_window > 0):
             raise ValueError(f"{where}: dedup_window must be seconds > 0 or None, got {dedup_window!r}")
-        super().__init__(
+        for name, secs in (("ack_timeout", ack_timeout), ("connect_timeout", connect_timeout)):
+            if isinstance(secs, bool) or not isinstance(secs, (int, float)) or not secs > 0:
+                raise ValueError(f"{where}: {name} must be a number of seconds > 0, got {secs!r}")
+        super().__init__(  # last: it subscribes to the client
             where, client, filters=filters, maxsize=maxsize, overflow=overflow, batch=batch,
             drain_timeout=drain_timeout, backoff_initial=backoff_initial, backoff_max=backoff_max,
             collector=collector,

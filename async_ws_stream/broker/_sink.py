@@ -61,15 +61,13 @@ class SinkCore:
                 raise ValueError(f"{where}: {name} must be a number of seconds >= 0, got {value!r}")
         self._where = where
         self._client = client
-        self._filters = filters
-        self._maxsize = maxsize
-        self._overflow: Overflow = overflow
         self._batch = batch
         self._drain_timeout = drain_timeout
         self._backoff = (backoff_initial, backoff_max)
         self._collector = collector or default_collector()
         self._session = secrets.token_hex(4)
-        self._stream: Stream[Any] | None = None
+        # Subscribed now, not on entry: what arrives while the sink connects to the broker waits here.
+        self._stream: Stream[Any] | None = client.stream_filter(filters, maxsize=maxsize, overflow=overflow)
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._idle = False
@@ -114,11 +112,12 @@ class SinkCore:
         """
         if self._task is not None:
             return
-        await self._open()
+        if self._stream is None or self._stream.closed:
+            raise BrokerError(f"{self._where}: closed, or its client has exited; make a new sink")
         try:
-            self._stream = self._client.stream_filter(self._filters, maxsize=self._maxsize, overflow=self._overflow)
+            await self._open()
         except BaseException:
-            await self._shut()
+            await self._stream.close()
             raise
         self._task = asyncio.create_task(self._run(), name=f"async_ws_stream.broker.{self._where}")
 
@@ -130,6 +129,8 @@ class SinkCore:
         """
         task, stream = self._task, self._stream
         if task is None or stream is None:
+            if stream is not None:
+                await stream.close()  # never started
             return
         self._closing = True
         if self._idle and not stream.queued:
