@@ -59,7 +59,7 @@ STREAM = "MD"
 SUBJECT = "md.{e}.{s}"
 KEY = "md"
 BATCH = 1000
-RUN_TIMEOUT = 20.0
+RUN_TIMEOUT = 120.0
 
 
 def blast(n: int) -> list[dict[str, Any]]:
@@ -129,6 +129,24 @@ async def nats_bare(feed: str, nats_url: str, n: int) -> float:
     seconds = time.perf_counter() - begin
     await client.exit()
     await nc.close()
+    return seconds
+
+
+async def null_consumer(feed: str, n: int) -> float:
+    """The client and one stream, nothing published: the ceiling of the feed side."""
+    client = Client(feed, commands=blast(n), maxsize=n)
+    stream = client.stream_filter()
+    serialize = client._serialize
+    begin = time.perf_counter()
+    await client.start()
+    got = 0
+    async for msg in stream:
+        serialize(msg)
+        got += 1
+        if got == n:
+            break
+    seconds = time.perf_counter() - begin
+    await client.exit()
     return seconds
 
 
@@ -249,6 +267,7 @@ async def redis_bare_consumer(redis_url: str, n: int) -> float:
 def worker(args: argparse.Namespace) -> None:
     n = args.messages
     runs = {
+        "null": lambda: null_consumer(args.feed, n),
         "nats-sink": lambda: nats_sink(args.feed, args.nats, n),
         "nats-bare": lambda: nats_bare(args.feed, args.nats, n),
         "nats-source": lambda: nats_source(args.nats, n),

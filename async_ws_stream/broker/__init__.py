@@ -33,7 +33,8 @@ from ._record import GAP_KEY
 if TYPE_CHECKING:
     from ._jetstream import JetStreamSink, JetStreamSource
     from ._nats import ensure_stream
-    from ._redis import RedisStreamSink, RedisStreamSource
+    from ._redis import RedisStreamSink
+    from ._redis_source import RedisStreamSource
 
 __all__ = [
     "GAP_KEY",
@@ -52,7 +53,7 @@ _LAZY = {
     "JetStreamSource": ("._jetstream", "nats", "nats-py"),
     "ensure_stream": ("._nats", "nats", "nats-py"),
     "RedisStreamSink": ("._redis", "redis", "redis"),
-    "RedisStreamSource": ("._redis", "redis", "redis"),
+    "RedisStreamSource": ("._redis_source", "redis", "redis"),
 }
 
 

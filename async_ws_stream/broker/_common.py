@@ -163,6 +163,14 @@ class Dispatcher:
             placed.append((fed, fed.fed))
         return placed
 
+    def feed(self, msg: Any) -> None:
+        """Feed ``msg`` to every matching stream, keeping no positions (nothing will be acknowledged)."""
+        targets = self._index.match(msg)
+        if targets:
+            self.counters.delivered += 1
+            for fed in targets:
+                fed.stream._feed(msg)
+
     def close(self) -> None:
         """End every stream: buffered messages are still read, then ``async for`` ends."""
         self.closed = True

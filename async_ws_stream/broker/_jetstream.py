@@ -27,7 +27,7 @@ from ._nats import (
     stream_info,
     subject_matches,
 )
-from ._record import Router, RecordEncoder, compile_router, gap_marker, is_gap
+from ._record import Router, RecordEncoder, compile_router, count_gap, gap_marker, is_gap
 from ._sink import SinkCore
 
 __all__ = ["JetStreamSink", "JetStreamSource"]
@@ -93,6 +93,7 @@ class JetStreamSink(SinkCore):
     """
 
     retryable = (*SinkCore.retryable, nats.errors.Error)
+    window = 4
 
     def __init__(
         self,
@@ -125,20 +126,19 @@ class JetStreamSink(SinkCore):
             gap_subject = f"{prefix}._gap" if prefix else "_gap"
         if not isinstance(stream, str) or not stream:
             raise ValueError(f"{where}: stream must be the name of a JetStream stream, got {stream!r}")
-        _check_seconds(where, "ack_timeout", ack_timeout)
         _check_seconds(where, "connect_timeout", connect_timeout)
         self._servers = server_list(where, servers)
         super().__init__(  # last: it subscribes to the client
             where, client, filters=filters, maxsize=maxsize, overflow=overflow, batch=batch,
-            drain_timeout=drain_timeout, backoff_initial=backoff_initial, backoff_max=backoff_max,
+            ack_timeout=ack_timeout, drain_timeout=drain_timeout, backoff_initial=backoff_initial, backoff_max=backoff_max,
             collector=collector,
         )
         self._names = ", ".join(redact_url(s) for s in self._servers)
         self._stream_name = stream
         self._gap_subject = gap_subject
-        self._ack_timeout = ack_timeout
         self._connect_timeout = connect_timeout
         self._nats_options = dict(nats_options or {})
+        self._link_up = asyncio.Event()  # the NATS connection is up (set and cleared by nats-py's callbacks)
         self._encoder = RecordEncoder(client._serialize, getattr(client, "_sequence", None), router)
         self._nc: NatsClient | None = None
         self._inbox = ""
@@ -168,6 +168,7 @@ class JetStreamSink(SinkCore):
         except BaseException:
             await nc.close()
             raise
+        self._link_up.set()
         self._connected.set()
 
     async def _shut(self) -> None:
@@ -175,11 +176,12 @@ class JetStreamSink(SinkCore):
             await self._nc.close()
 
     async def _disconnected(self) -> None:
+        self._link_up.clear()
         self._connected.clear()
 
     async def _reconnected(self) -> None:
         self.counters["reconnects"] += 1
-        self._connected.set()
+        self._link_up.set()
 
     async def _on_ack(self, msg: Msg) -> None:
         future = self._acks.pop(msg.subject, None)
@@ -193,12 +195,12 @@ class JetStreamSink(SinkCore):
         data, msg_id = gap_marker(dropped, self._collector, number, self._session)
         return self._gap_subject, data, msg_id
 
-    async def _publish(self, records: list[tuple[str, bytes, str]]) -> None:
-        """Publish ``records`` and wait for the ack of the last one; raise to be retried."""
+    async def _send(self, records: list[tuple[str, bytes, str]]) -> asyncio.Future[Msg]:
+        """Publish ``records``; the last one asks for JetStream's ack, which covers the batch."""
         nc = self._nc
         assert nc is not None
         if not nc.is_connected:
-            await asyncio.wait_for(self._connected.wait(), self._ack_timeout)
+            await asyncio.wait_for(self._link_up.wait(), self._ack_timeout)
         publish = nc.publish
         for subject, data, msg_id in records[:-1]:
             await publish(subject, data, headers={_MSG_ID: msg_id})
@@ -207,18 +209,22 @@ class JetStreamSink(SinkCore):
         future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
         self._acks[reply] = future
         subject, data, msg_id = records[-1]
-        try:
-            await publish(subject, data, reply=reply, headers={_MSG_ID: msg_id, _EXPECTED_STREAM: self._stream_name})
-            ack = await asyncio.wait_for(future, self._ack_timeout)
-        finally:
-            self._acks.pop(reply, None)
-        if ack.headers and ack.headers.get("Status") == "503":
-            raise BrokerConfigError(f"{self._where}: no JetStream stream took subject {subject!r} on {self._names}")
-        answer = json.loads(ack.data)
-        if "error" in answer:
+        await publish(subject, data, reply=reply, headers={_MSG_ID: msg_id, _EXPECTED_STREAM: self._stream_name})
+        return future
+
+    def _confirm(self, answer: Msg) -> None:
+        if answer.headers and answer.headers.get("Status") == "503":
+            raise BrokerConfigError(f"{self._where}: no JetStream stream took the batch on {self._names}")
+        reply = json.loads(answer.data)
+        if "error" in reply:
             raise BrokerConfigError(
-                f"{self._where}: JetStream refused a record on {subject!r}: {answer['error'].get('description')}"
+                f"{self._where}: JetStream refused a batch: {reply['error'].get('description')}"
             )
+
+    def _abandon(self) -> None:
+        for future in self._acks.values():
+            future.cancel()
+        self._acks.clear()
 
 
 class JetStreamSource:
@@ -439,7 +445,7 @@ class JetStreamSource:
                     add(m, [])
                     continue
                 if is_gap(obj):
-                    _count_gap(self._where, counters, obj)
+                    count_gap(self._where, counters, obj)
                 add(m, dispatcher.dispatch(obj))
             await self._ack()
 
@@ -456,15 +462,6 @@ class JetStreamSource:
         if handles:
             await handles[-1].ack()  # AckPolicy.ALL: acknowledges every earlier one too
             self._acked += len(handles)
-
-
-def _count_gap(where: str, counters: Any, marker: dict[str, Any]) -> None:
-    body = marker["_gap"]
-    dropped = body.get("dropped", 0) if isinstance(body, dict) else 0
-    counters.gaps += 1
-    counters.gap_dropped += dropped if isinstance(dropped, int) else 0
-    logger.warning("{}: gap marker: collector {} lost {} messages", where,
-                   body.get("collector") if isinstance(body, dict) else "?", dropped)
 
 
 def _check_seconds(where: str, name: str, value: object) -> None:

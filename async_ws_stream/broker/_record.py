@@ -1,6 +1,6 @@
 """What a sink writes to a broker: the record's bytes, its id, its subject or key, gap markers.
 
-Pure: no I/O, no asyncio.
+No I/O, no asyncio.
 
 A *record* is one message the client received, re-encoded with the client's own
 ``_serialize`` (compact JSON by default) and UTF-8 encoded, plus an id:
@@ -29,11 +29,14 @@ import string
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from loguru import logger
+
 __all__ = [
     "GAP_KEY",
     "RecordEncoder",
     "Router",
     "compile_router",
+    "count_gap",
     "gap_marker",
     "is_gap",
 ]
@@ -133,3 +136,15 @@ def gap_marker(dropped: int, collector: str, number: int, session: str) -> tuple
 def is_gap(msg: Any) -> bool:
     """True if a decoded record is a gap marker."""
     return isinstance(msg, dict) and GAP_KEY in msg and len(msg) == 1
+
+
+def count_gap(where: str, counters: Any, marker: dict[str, Any]) -> None:
+    """Count a gap marker a source read (``gaps``, ``gap_dropped``) and log it."""
+    body = marker[GAP_KEY]
+    dropped = body.get("dropped", 0) if isinstance(body, dict) else 0
+    if not isinstance(dropped, int):
+        dropped = 0
+    counters.gaps += 1
+    counters.gap_dropped += dropped
+    logger.warning("{}: gap marker: collector {} lost {} messages", where,
+                   body.get("collector") if isinstance(body, dict) else "?", dropped)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections import deque
 from collections.abc import Hashable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -29,8 +30,29 @@ Record = tuple[str, bytes, str]
 _UNROUTABLE_LOG_EVERY = 1000
 
 
+class _Batch:
+    """Records sent together, and the future of the broker's answer."""
+
+    __slots__ = ("ack", "deadline", "markers", "records")
+
+    def __init__(self, records: list[Record], markers: int) -> None:
+        self.records = records
+        self.markers = markers  # gap markers among them (not counted as published)
+        self.ack: asyncio.Future[Any] | None = None
+        self.deadline = 0.0
+
+
 class SinkCore:
-    """Takes a client's matching messages from a bounded stream and publishes them in batches."""
+    """Takes a client's matching messages from a bounded stream and publishes them in batches.
+
+    Up to ``window`` batches are in flight at once (sent, answer awaited), so the
+    broker stores one while the next is written. When an answer fails or does
+    not come within ``ack_timeout``, every batch in flight is published again,
+    in order, one at a time with backoff, until the broker takes it.
+    """
+
+    #: Batches in flight at once; 1 where the broker cannot keep two batches in order.
+    window = 1
 
     # What _publish may raise and be retried for: subclasses extend it.
     retryable: tuple[type[BaseException], ...] = (OSError, asyncio.TimeoutError, BrokerError)
@@ -44,6 +66,7 @@ class SinkCore:
         maxsize: int,
         overflow: Overflow,
         batch: int,
+        ack_timeout: float,
         drain_timeout: float,
         backoff_initial: float,
         backoff_max: float,
@@ -55,6 +78,8 @@ class SinkCore:
         compile_filters(filters, argname=f"{where}: filters")  # fail now, not on entry
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ValueError(f"{where}: batch must be an int >= 1, got {batch!r}")
+        if isinstance(ack_timeout, bool) or not isinstance(ack_timeout, (int, float)) or not ack_timeout > 0:
+            raise ValueError(f"{where}: ack_timeout must be a number of seconds > 0, got {ack_timeout!r}")
         for name, value in (("drain_timeout", drain_timeout), ("backoff_initial", backoff_initial),
                             ("backoff_max", backoff_max)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
@@ -62,6 +87,7 @@ class SinkCore:
         self._where = where
         self._client = client
         self._batch = batch
+        self._ack_timeout = ack_timeout
         self._drain_timeout = drain_timeout
         self._backoff = (backoff_initial, backoff_max)
         self._collector = collector or default_collector()
@@ -90,8 +116,15 @@ class SinkCore:
     def _gap_record(self, dropped: int, number: int) -> Record:
         raise NotImplementedError
 
-    async def _publish(self, records: list[Record]) -> None:
+    async def _send(self, records: list[Record]) -> asyncio.Future[Any]:
+        """Write ``records`` in order; return a future of the broker's answer for the whole batch."""
         raise NotImplementedError
+
+    def _confirm(self, answer: Any) -> None:
+        """Raise (a retryable error) if the broker's answer to a batch is a refusal."""
+
+    def _abandon(self) -> None:
+        """Forget every answer still awaited: the batches are about to be sent again (or the sink stops)."""
 
     # -- life ------------------------------------------------------------------------------
 
@@ -174,39 +207,118 @@ class SinkCore:
     async def _run(self) -> None:
         stream = self._stream
         assert stream is not None
-        while not (self._closing and not stream.queued):
-            self._idle = True
-            try:
-                first = await stream.__anext__()
-            except StopAsyncIteration:
-                break
-            except StreamOverflow as exc:
-                logger.error("{}: {}; the sink stops (use overflow='drop_oldest')", self._where, exc)
-                break
-            finally:
-                self._idle = False
-            batch = [first]
-            limit = self._batch
-            while stream.queued and len(batch) < limit:
-                batch.append(stream.get_nowait())
-            records = self._encode_all(batch)
-            lost = stream.dropped + self.counters["unroutable"] - self._marked
-            if lost > 0:
-                # Dropped while the previous batch was in flight: the hole is here.
-                self.counters["gaps"] += 1
-                records.insert(0, self._gap_record(lost, self.counters["gaps"]))
-                self._marked += lost
-                self.counters["gap_dropped"] += lost
-                logger.warning("{}: {} messages lost; gap marker #{} published", self._where, lost,
-                               self.counters["gaps"])
-            if records:
-                await self._deliver(records, markers=1 if lost > 0 else 0)
+        inflight: deque[_Batch] = deque()
+        try:
+            while True:
+                if inflight and (not stream.queued or len(inflight) >= self.window):
+                    # Nothing to send, or the window is full: settle the oldest batch first,
+                    # so that a lost acknowledgement is noticed even when the feed is quiet.
+                    await self._settle(inflight)
+                    continue
+                if self._closing and not stream.queued:
+                    break
+                self._idle = True
+                try:
+                    first = await stream.__anext__()
+                except StopAsyncIteration:
+                    break
+                except StreamOverflow as exc:
+                    logger.error("{}: {}; the sink stops (use overflow='drop_oldest')", self._where, exc)
+                    break
+                finally:
+                    self._idle = False
+                batch = [first]
+                limit = self._batch
+                while stream.queued and len(batch) < limit:
+                    batch.append(stream.get_nowait())
+                records = self._encode_all(batch)
+                markers = self._mark_losses(records)
+                if records:
+                    await self._send_or_resend(inflight, _Batch(records, markers))
+            while inflight:
+                await self._settle(inflight)
+            records = []
+            markers = self._mark_losses(records)
+            if markers and self._connected.is_set():
+                await self._deliver(_Batch(records, markers))
+        finally:
+            self._abandon()
+
+    def _mark_losses(self, records: list[Record]) -> int:
+        """Put a gap marker ahead of ``records`` if messages were lost since the last one; return 1 if so."""
+        stream = self._stream
+        assert stream is not None
         lost = stream.dropped + self.counters["unroutable"] - self._marked
-        if lost > 0 and self._connected.is_set():
-            self.counters["gaps"] += 1
-            self._marked += lost
-            self.counters["gap_dropped"] += lost
-            await self._deliver([self._gap_record(lost, self.counters["gaps"])], markers=1)
+        if lost <= 0:
+            return 0
+        # Dropped while earlier batches were in flight: the hole is here.
+        self.counters["gaps"] += 1
+        records.insert(0, self._gap_record(lost, self.counters["gaps"]))
+        self._marked += lost
+        self.counters["gap_dropped"] += lost
+        logger.warning("{}: {} messages lost; gap marker #{} published", self._where, lost, self.counters["gaps"])
+        return 1
+
+    async def _send_or_resend(self, inflight: deque[_Batch], batch: _Batch) -> None:
+        try:
+            batch.ack = await self._send(batch.records)
+            batch.deadline = asyncio.get_running_loop().time() + self._ack_timeout
+            inflight.append(batch)
+        except self.retryable as exc:
+            self._failed(exc, batch)
+            inflight.append(batch)
+            await self._resend(inflight)
+
+    async def _settle(self, inflight: deque[_Batch]) -> None:
+        """Wait for the oldest batch's acknowledgement; on failure publish every batch in flight again."""
+        batch = inflight[0]
+        assert batch.ack is not None
+        try:
+            remaining = batch.deadline - asyncio.get_running_loop().time()
+            self._confirm(await asyncio.wait_for(asyncio.shield(batch.ack), max(remaining, 0.0)))
+        except self.retryable as exc:
+            self._failed(exc, batch)
+            await self._resend(inflight)
+            return
+        inflight.popleft()
+        self._done(batch, failures=0)
+
+    async def _resend(self, inflight: deque[_Batch]) -> None:
+        """Publish the batches in flight again, in order, one at a time; duplicates are the broker's to drop."""
+        self._abandon()
+        while inflight:
+            await self._deliver(inflight.popleft(), failed=1)
+
+    async def _deliver(self, batch: _Batch, failed: int = 0) -> None:
+        """Publish one batch and wait for its acknowledgement, again and again with backoff, until it is taken."""
+        delays = backoff_delays(self._backoff[0], 2.0, self._backoff[1], 0.5)
+        failures = failed
+        if failures:
+            await asyncio.sleep(next(delays))
+        while True:
+            try:
+                ack = await self._send(batch.records)
+                self._confirm(await asyncio.wait_for(ack, self._ack_timeout))
+                break
+            except self.retryable as exc:
+                failures += 1
+                self._abandon()
+                self._failed(exc, batch)
+                await asyncio.sleep(next(delays))
+        self._done(batch, failures)
+
+    def _failed(self, exc: BaseException, batch: _Batch) -> None:
+        self.counters["retries"] += 1
+        self._connected.clear()
+        logger.warning("{}: publishing {} records failed ({}: {}); publishing again", self._where,
+                       len(batch.records), type(exc).__name__, exc or "no acknowledgement in time")
+
+    def _done(self, batch: _Batch, failures: int) -> None:
+        self._connected.set()
+        self.counters["batches"] += 1
+        self.counters["published"] += len(batch.records) - batch.markers
+        if failures:
+            logger.info("{}: published after {} failed tries", self._where, failures)
 
     def _encode_all(self, batch: list[Any]) -> list[Record]:
         encode = self._encode
@@ -220,24 +332,3 @@ class SinkCore:
                     logger.warning("{}: a message could not be routed or encoded ({}: {}); {} so far",
                                    self._where, type(exc).__name__, exc, self.counters["unroutable"])
         return records
-
-    async def _deliver(self, records: list[Record], markers: int) -> None:
-        """Publish one batch until the broker acknowledges it, with backoff between tries."""
-        delays = backoff_delays(self._backoff[0], 2.0, self._backoff[1], 0.5)
-        failures = 0
-        while True:
-            try:
-                await self._publish(records)
-                break
-            except self.retryable as exc:
-                failures += 1
-                self.counters["retries"] += 1
-                delay = next(delays)
-                logger.warning("{}: publishing {} records failed ({}: {}); retry {} in {:.2f} s", self._where,
-                               len(records), type(exc).__name__, exc, failures, delay)
-                await asyncio.sleep(delay)
-        self.counters["batches"] += 1
-        self.counters["published"] += len(records) - markers
-        if failures:
-            logger.info("{}: published after {} failed tries", self._where, failures)
-
