@@ -215,3 +215,36 @@ async def test_broker_killed_and_restarted_mid_run_loses_only_what_is_counted_an
     assert len(seen) == len(set(seen)) == 1200 - dropped
     assert set(range(100)) <= set(seen) and set(range(1100, 1200)) <= set(seen)
     assert source.stats()["gaps"] == len(markers)
+
+
+class SequencedClient(FeedClient):
+    """A feed whose messages carry a per-symbol counter, told to the library by _sequence."""
+
+    def _sequence(self, msg: Any) -> tuple[Any, int, int] | None:
+        return (msg["s"], msg["t"], msg["t"]) if "t" in msg else None
+
+
+async def test_ids_come_from_sequence_and_what_arrives_while_connecting_is_kept(
+    nats_server: NatsServer, feed: FeedServer
+) -> None:
+    """Nats-Msg-Id is s:<key>:<first>:<last> from _sequence; messages received before the sink
+    was entered (it subscribes when constructed) are published too."""
+    await ensure_stream(servers=nats_server.url, stream="MD", subjects=["md.>"])
+    client = SequencedClient(feed.url)
+    try:
+        sink = JetStreamSink(client, servers=nats_server.url, stream="MD", subject="md.{e}.{s}",
+                             filters=[{"e": "trade"}])
+        await client.wait_connected(5)
+        await feed.publish(trades(20))
+        await settle(client, feed)  # all 20 wait in the sink's buffer: it has not connected to NATS yet
+        async with sink:
+            await eventually(lambda: sink.stats()["published"] == 20, what="20 published")
+    finally:
+        await client.exit()
+    nc = await nats.connect(nats_server.url)
+    try:
+        psub = await nc.jetstream().pull_subscribe("md.>", stream="MD")
+        msgs = await psub.fetch(20, timeout=5)
+        assert [m.headers["Nats-Msg-Id"] for m in msgs if m.headers] == [f"s:BTCUSDT:{i}:{i}" for i in range(20)]
+    finally:
+        await nc.close()
