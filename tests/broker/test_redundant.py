@@ -75,3 +75,30 @@ async def _stream_messages(url: str) -> int:
         return (await nc.jetstream().stream_info("MD")).state.messages
     finally:
         await nc.close()
+
+
+async def test_remote_consumer_example_reads_the_trades_and_reports_gaps(nats_server: NatsServer) -> None:
+    """examples/remote_consumer.py reads the collectors' trades and says where a collector lost some."""
+    import nats
+
+    await ensure_stream(servers=nats_server.url, stream="MD", subjects=["md.>"])
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    for msg in trades(5):
+        await js.publish("md.trade.BTCUSDT", json.dumps(msg).encode())
+    await js.publish("md._gap", json.dumps({"_gap": {"dropped": 3, "collector": "c:1", "number": 1}}).encode())
+    await js.publish("md.trade.BTCUSDT", json.dumps(trades(1, 5)[0]).encode())
+    await nc.close()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-W", "error", str(ROOT / "examples" / "remote_consumer.py"), "--nats", nats_server.url,
+        "--count", "6", "--timeout", "10", "--durable", "example",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0, err.decode()
+    lines = out.decode().splitlines()
+    assert [json.loads(line)["t"] for line in lines[:5]] == list(range(5))
+    assert lines[5] == "gap: a collector lost 3 messages"
+    assert json.loads(lines[6])["t"] == 5
+    assert lines[7].startswith("consumed 6 trades; source {") and '"gaps": 1' in lines[7]
