@@ -70,9 +70,17 @@ def new_stream(
     copy: bool,
     counters: Any,
     on_close: Callable[[Stream[Any]], None],
-) -> Stream[Any]:
-    """Make one of the library's streams for a source: the one place a source builds a Stream."""
-    return Stream(filters, maxsize=maxsize, overflow=overflow, copy=copy, counters=counters, on_close=on_close)
+) -> tuple[Stream[Any], Callable[[Any], None], Callable[[], None]]:
+    """Make one of the library's streams for a source; return it with its feed and finish functions.
+
+    The one place a source touches the stream's producer side (today ``Stream._feed``
+    and ``Stream._finish``): ``feed(msg)`` buffers a message or applies the overflow
+    policy, never blocking; ``finish()`` lets the consumer read what is buffered, then
+    ends its ``async for``.
+    """
+    stream: Stream[Any] = Stream(filters, maxsize=maxsize, overflow=overflow, copy=copy, counters=counters,
+                                 on_close=on_close)
+    return stream, stream._feed, stream._finish
 
 
 def default_collector() -> str:
@@ -81,12 +89,16 @@ def default_collector() -> str:
 
 
 class _Fed:
-    """One stream of a source and how many messages it was given (for acknowledgements)."""
+    """One stream of a source, how to feed and end it, and how many messages it was given."""
 
-    __slots__ = ("fed", "stream")
+    __slots__ = ("feed", "fed", "finish", "half", "stream")
 
-    def __init__(self, stream: Stream[Any]) -> None:
+    def __init__(self, stream: Stream[Any], feed: Callable[[Any], None], finish: Callable[[], None],
+                 maxsize: int) -> None:
         self.stream = stream
+        self.feed = feed
+        self.finish = finish
+        self.half = (maxsize + 1) // 2
         self.fed = 0
 
     def settled(self, upto: int) -> bool:
@@ -127,9 +139,9 @@ class Dispatcher:
         clauses = compile_filters(filters, argname=f"{self._where}.stream_filter: filters")
         if self.closed:
             raise BrokerError(f"{self._where}.stream_filter: the source is closed; open a new one")
-        stream = new_stream(filters, maxsize=maxsize, overflow=overflow, copy=copy,
-                            counters=self.counters, on_close=self._forget)
-        fed = _Fed(stream)
+        stream, feed, finish = new_stream(filters, maxsize=maxsize, overflow=overflow, copy=copy,
+                                          counters=self.counters, on_close=self._forget)
+        fed = _Fed(stream, feed, finish, maxsize)
         self._streams[stream] = (fed, self._index.add(clauses, fed))
         return stream
 
@@ -148,7 +160,7 @@ class Dispatcher:
 
     def crowded(self) -> bool:
         """True when some open stream is at least half full: the source stops fetching."""
-        return any(2 * fed.stream.queued >= fed.stream._maxsize for fed, _ in self._streams.values())
+        return any(fed.stream.queued >= fed.half for fed, _ in self._streams.values())
 
     def dispatch(self, msg: Any) -> list[tuple[_Fed, int]]:
         """Feed ``msg`` to every matching stream; return ``(stream, position)`` pairs to settle."""
@@ -159,7 +171,7 @@ class Dispatcher:
         placed = []
         for fed in targets:
             fed.fed += 1
-            fed.stream._feed(msg)
+            fed.feed(msg)
             placed.append((fed, fed.fed))
         return placed
 
@@ -169,13 +181,13 @@ class Dispatcher:
         if targets:
             self.counters.delivered += 1
             for fed in targets:
-                fed.stream._feed(msg)
+                fed.feed(msg)
 
     def close(self) -> None:
         """End every stream: buffered messages are still read, then ``async for`` ends."""
         self.closed = True
-        for stream in list(self._streams):
-            stream._finish()
+        for fed, _ in list(self._streams.values()):
+            fed.finish()
 
     def stats(self) -> dict[str, Any]:
         """The counters and every stream's filters, queue length and drops."""
@@ -189,9 +201,7 @@ class Dispatcher:
             "duplicates": c.duplicates,
             "gaps": c.gaps,
             "gap_dropped": c.gap_dropped,
-            "streams": [
-                {"filters": s._filters, "queued": s.queued, "dropped": s.dropped} for s in self._streams
-            ],
+            "streams": [s.statistics()._asdict() for s in self._streams],
         }
 
 
