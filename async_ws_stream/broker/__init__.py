@@ -31,7 +31,8 @@ from ._common import BrokerConfigError, BrokerError, BrokerUnavailable
 from ._record import GAP_KEY
 
 if TYPE_CHECKING:
-    from ._jetstream import JetStreamSink, JetStreamSource
+    from ._jetstream import JetStreamSink
+    from ._jetstream_source import JetStreamSource
     from ._nats import ensure_stream
     from ._redis import RedisStreamSink
     from ._redis_source import RedisStreamSource
@@ -50,7 +51,7 @@ __all__ = [
 
 _LAZY = {
     "JetStreamSink": ("._jetstream", "nats", "nats-py"),
-    "JetStreamSource": ("._jetstream", "nats", "nats-py"),
+    "JetStreamSource": ("._jetstream_source", "nats", "nats-py"),
     "ensure_stream": ("._nats", "nats", "nats-py"),
     "RedisStreamSink": ("._redis", "redis", "redis"),
     "RedisStreamSource": ("._redis_source", "redis", "redis"),

@@ -94,11 +94,13 @@ class _Fed:
     __slots__ = ("feed", "fed", "finish", "half", "stream")
 
     def __init__(self, stream: Stream[Any], feed: Callable[[Any], None], finish: Callable[[], None],
-                 maxsize: int) -> None:
+                 maxsize: int, overflow: Overflow) -> None:
         self.stream = stream
         self.feed = feed
         self.finish = finish
-        self.half = (maxsize + 1) // 2
+        # Only a stream that must not lose a message holds the source back; one with a
+        # drop policy drops, as the client's streams do.
+        self.half = (maxsize + 1) // 2 if overflow == "error" else None
         self.fed = 0
 
     def settled(self, upto: int) -> bool:
@@ -141,7 +143,7 @@ class Dispatcher:
             raise BrokerError(f"{self._where}.stream_filter: the source is closed; open a new one")
         stream, feed, finish = new_stream(filters, maxsize=maxsize, overflow=overflow, copy=copy,
                                           counters=self.counters, on_close=self._forget)
-        fed = _Fed(stream, feed, finish, maxsize)
+        fed = _Fed(stream, feed, finish, maxsize, overflow)
         self._streams[stream] = (fed, self._index.add(clauses, fed))
         return stream
 
@@ -159,8 +161,15 @@ class Dispatcher:
         return bool(self._streams)
 
     def crowded(self) -> bool:
-        """True when some open stream is at least half full: the source stops fetching."""
-        return any(fed.stream.queued >= fed.half for fed, _ in self._streams.values())
+        """True when some ``overflow="error"`` stream is at least half full: the source stops fetching."""
+        return any(fed.half is not None and fed.stream.queued >= fed.half for fed, _ in self._streams.values())
+
+    def room(self, most: int) -> int:
+        """How many records (up to ``most``) may be fetched now without filling an
+        ``overflow="error"`` stream past half; 0 with no stream open."""
+        if not self._streams:
+            return 0
+        return min([most, *(fed.half - fed.stream.queued for fed, _ in self._streams.values() if fed.half)])
 
     def dispatch(self, msg: Any) -> list[tuple[_Fed, int]]:
         """Feed ``msg`` to every matching stream; return ``(stream, position)`` pairs to settle."""

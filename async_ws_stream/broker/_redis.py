@@ -46,7 +46,8 @@ async def connect_redis(where: str, url: str, options: Mapping[str, Any], timeou
     client = aioredis.from_url(url, socket_connect_timeout=timeout, socket_timeout=max(timeout, 10.0),
                                **dict(options))
     try:
-        await asyncio.wait_for(client.ping(), timeout)
+        async with asyncio.timeout(timeout):
+            await client.ping()
     except redis.exceptions.AuthenticationError as exc:
         await client.aclose()
         raise BrokerConfigError(
@@ -179,7 +180,8 @@ class RedisStreamSink(SinkCore):
                 # Queues the call (and, at execute, loads the script if Redis lost it).
                 await script(keys=[key, f"{key}:seen:{msg_id}"], args=[data, msg_id, ttl, trim], client=pipe)
         try:
-            await asyncio.wait_for(pipe.execute(), self._ack_timeout)
+            async with asyncio.timeout(self._ack_timeout):
+                await pipe.execute()
         except BaseException:
             self._failing = True
             raise

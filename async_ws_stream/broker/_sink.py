@@ -169,7 +169,8 @@ class SinkCore:
         if self._idle and not stream.queued:
             await stream.close()  # wakes the idle loop
         try:
-            await asyncio.wait_for(asyncio.shield(task), self._drain_timeout)
+            async with asyncio.timeout(self._drain_timeout):
+                await asyncio.shield(task)
         except TimeoutError:
             task.cancel()
         except asyncio.CancelledError:
@@ -241,6 +242,11 @@ class SinkCore:
             markers = self._mark_losses(records)
             if markers and self._connected.is_set():
                 await self._deliver(_Batch(records, markers))
+        except Exception:
+            # Not a broker failure (those are retried): a bug. Logged now; close() raises it.
+            logger.opt(exception=True).error("{}: the publishing task failed; nothing more is published",
+                                             self._where)
+            raise
         finally:
             self._abandon()
 
@@ -275,7 +281,9 @@ class SinkCore:
         assert batch.ack is not None
         try:
             remaining = batch.deadline - asyncio.get_running_loop().time()
-            self._confirm(await asyncio.wait_for(asyncio.shield(batch.ack), max(remaining, 0.0)))
+            async with asyncio.timeout(max(remaining, 0.0)):
+                answer = await asyncio.shield(batch.ack)
+            self._confirm(answer)
         except self.retryable as exc:
             self._failed(exc, batch)
             await self._resend(inflight)
@@ -298,7 +306,9 @@ class SinkCore:
         while True:
             try:
                 ack = await self._send(batch.records)
-                self._confirm(await asyncio.wait_for(ack, self._ack_timeout))
+                async with asyncio.timeout(self._ack_timeout):
+                    answer = await ack
+                self._confirm(answer)
                 break
             except self.retryable as exc:
                 failures += 1
