@@ -132,6 +132,7 @@ class JetStreamSink(SinkCore):
         self._link_up = asyncio.Event()  # the NATS connection is up (set and cleared by nats-py's callbacks)
         self._encoder = RecordEncoder(client._serialize, getattr(client, "_sequence", None), router)
         self._nc: NatsClient | None = None
+        self._max_payload = 1 << 20  # the server's, learnt on entry
         self._inbox = ""
         self._acks: dict[str, asyncio.Future[Msg]] = {}
         self._tokens = 0
@@ -154,6 +155,8 @@ class JetStreamSink(SinkCore):
                     f"{self._stream_name!r} (subjects {subjects}); pass gap_subject= or add it to the stream"
                 )
             self.duplicate_window = info.config.duplicate_window
+            # Headers count too: leave room for Nats-Msg-Id and Nats-Expected-Stream.
+            self._max_payload = nc.max_payload - 256
             self._inbox = nc.new_inbox()
             await nc.subscribe(self._inbox + ".*", cb=self._on_ack)
         except BaseException:
@@ -180,7 +183,12 @@ class JetStreamSink(SinkCore):
             future.set_result(msg)
 
     def _encode(self, msg: Any) -> tuple[str, bytes, str]:
-        return self._encoder.encode(msg)
+        record = self._encoder.encode(msg)
+        if len(record[1]) > self._max_payload:
+            # Never publishable: retrying it would stall the sink for good. A loss, counted and marked.
+            raise ValueError(f"a record of {len(record[1])} bytes exceeds the server's max_payload "
+                             f"({self._max_payload}); raise max_payload in nats-server.conf")
+        return record
 
     def _gap_record(self, dropped: int, number: int) -> tuple[str, bytes, str]:
         data, msg_id = gap_marker(dropped, self._collector, number, self._session)

@@ -248,3 +248,24 @@ async def test_ids_come_from_sequence_and_what_arrives_while_connecting_is_kept(
         assert [m.headers["Nats-Msg-Id"] for m in msgs if m.headers] == [f"s:BTCUSDT:{i}:{i}" for i in range(20)]
     finally:
         await nc.close()
+
+
+async def test_a_record_over_max_payload_is_a_counted_loss_not_a_stall(
+    tmp_path: Any, feed: FeedServer, feed_client: FeedClient
+) -> None:
+    """A message bigger than the server's max_payload is counted as unroutable and marked; the rest flows."""
+    conf = tmp_path / "small.conf"
+    conf.write_text("max_payload: 4096\n")
+    server = NatsServer(tmp_path, "-c", str(conf))
+    await server.start()
+    try:
+        await ensure_stream(servers=server.url, stream="MD", subjects=["md.>"])
+        async with JetStreamSink(feed_client, servers=server.url, stream="MD", subject="md.{e}.{s}",
+                                 filters=[{"e": "trade"}]) as sink:
+            await feed_client.wait_connected(5)
+            big = {"e": "trade", "s": "BTCUSDT", "t": -1, "p": "x" * 10_000}
+            await feed.publish([*trades(5), big, *trades(5, 5)])
+            await eventually(lambda: sink.stats()["published"] == 10, what="the 10 small ones published")
+        assert sink.stats()["unroutable"] == 1 and sink.stats()["gap_dropped"] == 1
+    finally:
+        server.stop()
