@@ -49,14 +49,17 @@ async def collect(args: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with Feed(args.feed, backoff_max=2.0) as client:
-        async with JetStreamSink(client, servers=args.nats, stream=args.stream, subject=args.subject) as sink:
-            await client.wait_connected(10)
-            print("ready", flush=True)
-            try:
-                await asyncio.wait_for(stop.wait(), args.seconds)
-            except TimeoutError:
-                pass
+    client = Feed(args.feed, backoff_max=2.0)
+    # The sink subscribes as it is made: nothing the feed sends while it connects to NATS is lost.
+    # Exit order: the client first, then the sink, which publishes what it still holds.
+    async with JetStreamSink(client, servers=args.nats, stream=args.stream, subject=args.subject) as sink, client:
+        await client.wait_connected(10)
+        print("ready", flush=True)
+        try:
+            async with asyncio.timeout(args.seconds):
+                await stop.wait()
+        except TimeoutError:
+            pass
     return sink.stats()
 
 

@@ -43,21 +43,26 @@ class JetStreamSink(SinkCore):
 
     An async context manager::
 
-        async with client, JetStreamSink(client, servers="nats://127.0.0.1:4222",
-                                         stream="MD", subject="md.binance.{e}.{s}"):
-            await client.wait_closed()  # or anything: the sink publishes in its own task
+        client = BinanceTrades()
+        async with JetStreamSink(client, servers="nats://127.0.0.1:4222", stream="MD",
+                                 subject="md.binance.{e}.{s}") as sink, client:
+            await stop.wait()  # anything: the sink publishes from a task of its own
 
-    The sink reads from its own ``client.stream_filter(filters, maxsize=,
-    overflow=)``, so the websocket pump only ever appends to a bounded buffer.
-    Its task takes what is buffered (up to ``batch`` records), publishes it in
-    one write and waits for JetStream's acknowledgement of the batch's last
-    record (JetStream stores one connection's records in order, so that one ack
-    covers the batch); a batch that is not acknowledged within ``ack_timeout``
-    is published again, after a backoff, until it is: the ``Nats-Msg-Id``
-    header makes the repeats harmless. Meanwhile the buffer fills and applies
-    its ``overflow`` policy (default ``"drop_oldest"``); every loss is counted
-    (``stats()["dropped"]``), logged, and published as a gap marker ahead of
-    the next batch.
+    The sink subscribes when it is constructed (its own ``client.stream_filter(
+    filters, maxsize=, overflow=)``), so what arrives while it connects to NATS
+    is kept, and the websocket pump only ever appends to a bounded buffer. Its
+    task takes what is buffered (up to ``batch`` records) and publishes it in one
+    write; the batch's last record asks for JetStream's acknowledgement, which
+    covers the batch (JetStream stores one connection's records in order). Up to
+    four batches are in flight. A batch not acknowledged within ``ack_timeout``
+    (or refused) is published again with those after it, in order, with backoff,
+    until it is taken: the ``Nats-Msg-Id`` header makes the repeats harmless.
+    Meanwhile the buffer fills and applies its ``overflow`` policy (default
+    ``"drop_oldest"``); every loss is counted (``stats()["dropped"]``), logged,
+    and published as a gap marker ahead of the next batch.
+
+    Entering is not reentrant; ``close()`` (``__aexit__``) is idempotent, publishes
+    what is buffered for up to ``drain_timeout`` seconds and never closes the client.
 
     Args:
         client: The client whose messages are published; the sink never closes it.
