@@ -97,28 +97,36 @@ class RecordEncoder:
         router: From :func:`compile_router`.
     """
 
-    __slots__ = ("_router", "_sequence", "_serialize")
+    __slots__ = ("_router", "_sequence", "_serialize", "max_size")
 
     def __init__(
         self,
         serialize: Callable[[Any], str | bytes],
         sequence: Callable[[Any], tuple[Any, Any, Any] | None] | None,
         router: Router,
+        max_size: int | None = None,
     ) -> None:
         self._serialize = serialize
         self._sequence = sequence
         self._router = router
+        #: Largest record the broker takes (bytes); a bigger one raises ValueError.
+        self.max_size = max_size
 
     def encode(self, msg: Any) -> tuple[str, bytes, str]:
         """Return ``(subject or key, record bytes, id)``.
 
         Raises:
-            KeyError, ValueError, TypeError: the message cannot be routed or encoded.
+            KeyError, ValueError, TypeError: the message cannot be routed or encoded,
+                or its record is bigger than ``max_size``.
         """
         subject = self._router(msg)
         data = msg if isinstance(msg, bytes) else self._serialize(msg)
         if isinstance(data, str):
             data = data.encode()
+        if self.max_size is not None and len(data) > self.max_size:
+            # Never publishable: retrying it would stall the sink for good. A loss, counted and marked.
+            raise ValueError(f"a record of {len(data)} bytes exceeds the broker's limit of {self.max_size}; "
+                             "raise max_payload in nats-server.conf")
         seq = self._sequence(msg) if self._sequence is not None else None
         if seq is not None:
             key, first, last = seq

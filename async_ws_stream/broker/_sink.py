@@ -1,7 +1,8 @@
 """The part of a sink that does not depend on the broker: buffer, batches, retries, gap markers, close.
 
 A broker's sink subclasses :class:`SinkCore` and implements ``_open``, ``_shut``,
-``_encode``, ``_gap_record`` and ``_publish`` (one batch, raising on failure).
+``_encode`` (or sets it to a record encoder's ``encode``), ``_gap_record``, ``_send``
+(one batch, returning the future of the broker's answer), ``_confirm`` and ``_abandon``.
 """
 
 from __future__ import annotations
