@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,8 +23,6 @@ class FeedClient(AsyncWsStream[Any]):
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(**options)
         self.url = url
-        import asyncio
-
         self.recycle_now = asyncio.Event()
 
     async def _create_ws(self) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import nats
@@ -173,8 +174,6 @@ def test_bad_options_fail_at_construction() -> None:
 
 
 def json_bytes(msg: Any) -> bytes:
-    import json
-
     return json.dumps(msg, separators=(",", ":")).encode()
 
 
