@@ -26,8 +26,10 @@ PROG = "python -m async_ws_stream"
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default: ``sys.argv[1:]``), run the command, and return its exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "connect":
+        _check_broker_args(parser, args)
         return run_connect(ConnectOptions(
             url=args.url,
             filters=args.filter,
@@ -40,6 +42,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             stats=args.stats,
             verbose=args.verbose,
             quiet=args.quiet,
+            to_nats=args.to_nats,
+            subject=args.subject,
+            stream=args.stream,
+            to_redis=args.to_redis,
+            key=args.key,
         ))
     return run_demo(seconds=args.seconds, fault_every=args.fault_every)
 
@@ -87,6 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
                          help="log connections and retries on stderr (-vv: debug)")
     connect.add_argument("-q", "--quiet", action="store_true",
                          help="do not print connection events (connected, lost, retry) on stderr")
+    broker = connect.add_argument_group("publish to a broker (pip install 'async_ws_stream[nats]' / '[redis]')")
+    broker.add_argument("--to-nats", metavar="URL", type=_url("nats://", "tls://"),
+                        help="also publish every matching message to NATS JetStream at URL")
+    broker.add_argument("--subject", metavar="TEMPLATE",
+                        help="subject of each message, from its fields: 'md.binance.{e}.{s}'")
+    broker.add_argument("--stream", metavar="NAME",
+                        help="JetStream stream (default: the subject's first token in capitals; "
+                             "created with subjects '<first token>.>' if missing)")
+    broker.add_argument("--to-redis", metavar="URL", type=_url("redis://", "rediss://"),
+                        help="also append every matching message to a Redis stream at URL")
+    broker.add_argument("--key", metavar="TEMPLATE", help="Redis stream key, fixed ('md') or from fields ('md:{s}')")
 
     demo = commands.add_parser(
         "demo",
@@ -148,6 +166,34 @@ def _ws_url(text: str) -> str:
         shown = redact(text) if "://" in text else re.split(r"[/?#@\s]", text, maxsplit=1)[0] + "…"
         raise argparse.ArgumentTypeError(f"expected a ws:// or wss:// address, got {shown!r}")
     return text
+
+
+def _url(*schemes: str) -> Callable[[str], str]:
+    def convert(text: str) -> str:
+        if not text.lower().startswith(schemes):
+            raise argparse.ArgumentTypeError(f"expected a {' or '.join(schemes)} address, got {text!r}")
+        return text
+
+    return convert
+
+
+def _check_broker_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Each broker flag needs its partner; a bad template is named (exit 2, as argparse does)."""
+    for target, name, partner in (("to_nats", "--to-nats", "--subject"), ("to_redis", "--to-redis", "--key")):
+        wanted, given = getattr(args, target), getattr(args, partner.lstrip("-"))
+        if (wanted is None) != (given is None):
+            parser.error(f"{name} and {partner} go together: {name} URL {partner} TEMPLATE")
+    if args.stream is not None and args.to_nats is None:
+        parser.error("--stream needs --to-nats")
+    if args.subject is not None or args.key is not None:
+        from .broker._record import compile_router
+
+        for flag, template, separator in (("--subject", args.subject, "."), ("--key", args.key, ":")):
+            if template is not None:
+                try:
+                    compile_router(flag, template, separator=separator)
+                except ValueError as exc:
+                    parser.error(str(exc))
 
 
 def _header(text: str) -> tuple[str, str]:

@@ -3,7 +3,8 @@
 stdout carries only the matching messages, one compact JSON document a line,
 flushed as they arrive, so ``| jq`` and ``| head`` work; connection events (one
 short line each, unless ``-q``), logs (``-v``), the ``--stats`` summary and errors
-go to stderr.
+go to stderr. ``--to-nats URL --subject TEMPLATE`` and ``--to-redis URL --key
+TEMPLATE`` also publish them to a broker.
 
 Exit codes: 0 after ``--count`` messages, or when the reader of stdout goes away
 (``| head``); 1 when the client gives up (``--max-retries`` ran out, or the server
@@ -14,6 +15,7 @@ refused us for good) or a stream overflowed; 2 for a bad argument (argparse);
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -66,6 +68,12 @@ class ConnectOptions:
     stats: bool = False
     verbose: int = 0
     quiet: bool = False  # no connection events on stderr
+    # Publish to a broker as well (async_ws_stream.broker; see _broker_sinks).
+    to_nats: str | None = None
+    subject: str | None = None
+    stream: str | None = None
+    to_redis: str | None = None
+    key: str | None = None
 
 
 class CliClient(AsyncWsStream[Any]):
@@ -125,11 +133,17 @@ async def _connect(options: ConnectOptions, out: IO[bytes], err: IO[str]) -> int
     printer = None if options.quiet else asyncio.create_task(_print_events(client.events(), err))
     try:
         async with client:
-            async with client.stream_filter(options.filters or None) as stream:
+            async with client.stream_filter(options.filters or None) as stream, \
+                    contextlib.AsyncExitStack() as sinks:
+                for sink in await _broker_sinks(client, options):
+                    await sinks.enter_async_context(sink)
                 await _print_messages(stream, out, options.count, tally)
         return EXIT_OK
     except AsyncWsStreamError as exc:
         print(f"async_ws_stream: error: {describe(exc)}", file=err)
+        return EXIT_FAILED
+    except ImportError as exc:  # --to-nats/--to-redis without their extra: the message names it
+        print(f"async_ws_stream: error: {exc}", file=err)
         return EXIT_FAILED
     finally:
         await client.exit()
@@ -146,6 +160,32 @@ async def _print_events(events: Stream[Event], err: IO[str]) -> None:
     async for event in events:
         if not isinstance(event, (GaveUp, Closed)):
             print(f"async_ws_stream: {event}", file=err, flush=True)
+
+
+async def _broker_sinks(client: AsyncWsStream[Any], options: ConnectOptions) -> list[Any]:
+    """The sinks ``--to-nats``/``--to-redis`` ask for, made (and so subscribed) before the first
+    await, so that they see the first message; the JetStream stream is created if it is missing."""
+    sinks: list[Any] = []
+    filters = options.filters or None
+    if options.to_nats is not None and options.subject is not None:
+        from .broker import JetStreamSink, ensure_stream
+
+        first = options.subject.split(".", 1)[0]
+        stream = options.stream or first.upper()
+        sinks.append(JetStreamSink(client, servers=options.to_nats, stream=stream, subject=options.subject,
+                                   filters=filters))
+    if options.to_redis is not None and options.key is not None:
+        from .broker import RedisStreamSink
+
+        sinks.append(RedisStreamSink(client, url=options.to_redis, key=options.key, filters=filters))
+    if options.to_nats is not None and options.subject is not None:
+        try:
+            await ensure_stream(servers=options.to_nats, stream=stream, subjects=[f"{first}.>"])
+        except BaseException:
+            for sink in sinks:
+                await sink.close()
+            raise
+    return sinks
 
 
 async def _print_messages(stream: Stream[Any], out: IO[bytes], count: int | None, tally: _Tally) -> None:

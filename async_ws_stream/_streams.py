@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from loguru import logger
 
@@ -32,9 +32,15 @@ from ._options import Overflow
 from ._redact import traceback_of
 from .exceptions import StreamOverflow
 
-__all__ = ["AsyncHandler", "Pressure", "Stream", "StreamStatistics", "SyncHandler", "TimedStream"]
+__all__ = ["AsyncHandler", "DropCount", "Pressure", "Stream", "StreamStatistics", "SyncHandler", "TimedStream"]
 
 M = TypeVar("M")
+
+
+class DropCount(Protocol):
+    """What a stream counts its drops in: the client's :class:`~._counters.Counters`, or a broker source's."""
+
+    dropped: int
 
 
 class Pressure:
@@ -114,7 +120,7 @@ class Stream(Generic[M]):
         maxsize: int,
         overflow: Overflow,
         copy: bool,
-        counters: Counters,
+        counters: DropCount,
         pressure: Pressure | None = None,
         on_close: Callable[[Stream[M]], None] | None = None,
     ) -> None:
