@@ -103,7 +103,7 @@ class Instrumentation:
         self._exporter.clients.pop(self.name, None)
 
 
-class _Exporter(Collector):
+class _Exporter(Collector):  # type: ignore[misc, unused-ignore]  # Any without the extra
     """One per registry: every instrumented client of that registry, each under its own ``name``."""
 
     def __init__(self) -> None:

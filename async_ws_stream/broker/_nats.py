@@ -88,10 +88,10 @@ async def connect_nats(
     nc = NatsClient()
     connecting = asyncio.ensure_future(nc.connect(
         servers,
-        connect_timeout=max(0.1, min(timeout, 2.0)),  # type: ignore[arg-type]  # a float works
+        connect_timeout=max(0.1, min(timeout, 2.0)),  # type: ignore[arg-type, unused-ignore]  # a float works
         allow_reconnect=True,
         max_reconnect_attempts=-1,
-        reconnect_time_wait=0.2,  # type: ignore[arg-type]
+        reconnect_time_wait=0.2,  # type: ignore[arg-type, unused-ignore]
         error_cb=error_cb,
         disconnected_cb=disconnected_cb,
         reconnected_cb=reconnected_cb,
