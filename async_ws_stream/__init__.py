@@ -28,6 +28,7 @@ The rooms, one idea each (the README's "How it is built" says more)::
     threaded.py       start_in_thread's handle; _blocking.py its blocking streams
     transports/       websockets_connect, picows_connect
     testing/          FeedServer, FaultProxy, DepthFeed for tests
+    broker/           NATS JetStream and Redis Streams sinks and sources
     _cli.py, _demo.py, __main__.py   the command line
 """
 
