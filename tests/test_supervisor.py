@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import websockets
 
 from async_ws_stream import (
     ConnectionRejected,
@@ -181,3 +183,23 @@ async def test_state_is_connected_while_serving(client: JsonClient) -> None:
     await client.wait_connected(timeout=5)
     stats = client.stats()
     assert (stats["state"], stats["last_error"]) == ("connected", None)
+
+
+class VerifyingClient(JsonClient):
+    """Connects with the default TLS context, which does not trust the test server's certificate."""
+
+    async def _create_ws(self) -> Any:
+        return await websockets.connect(self.url, open_timeout=2)
+
+
+@pytest.mark.single_transport
+async def test_a_certificate_that_fails_verification_is_fatal(tls_url: str) -> None:
+    """wss:// with an untrusted certificate: ConnectionRejected naming the verification, chained, not retried."""
+    client = VerifyingClient(tls_url, backoff_initial=0.01)
+    try:
+        with pytest.raises(ConnectionRejected, match="certificate failed verification") as rejected:
+            await client.wait_connected(timeout=5)
+        assert isinstance(rejected.value.__cause__, ssl.SSLCertVerificationError)
+        assert client.stats()["retries"] == 0
+    finally:
+        await client.exit()
