@@ -44,6 +44,7 @@ from ._options import (
     check_number,
 )
 from ._redact import describe
+from ._sequencer import sequence_stats, sequencer_for
 from ._streams import Pressure, Stream
 from ._supervisor import Link, State, Supervisor
 from .exceptions import ClientClosed, Timeout
@@ -70,7 +71,8 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
     * ``_parse_raw_data(raw)``: a frame (``str``/``bytes``) to a message, or None to skip the
       frame; a plain function or a coroutine function.
 
-    and optionally ``async _on_connect(ws)`` (subscribe, log in) and ``_serialize(msg)``.
+    and optionally ``async _on_connect(ws)`` (subscribe, log in), ``_serialize(msg)``,
+    and ``_sequence``/``_resync`` (exactly once per key, in order, or a visible ``Gap``).
 
     Guarantees:
 
@@ -155,11 +157,14 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
             no_connection=self._no_connection,
             refusal=self._refusal,
         )
+        self._tasks = Tasks()
+        seq = self._sequencer = sequencer_for(self, index=index, counters=self._counters, emit=self._consumers.emit,
+                                              tasks=self._tasks, policy=policy)
         self._supervisor = Supervisor(
             self, index=index, counters=self._counters, pressure=pressure, policy=policy,
-            idle_timeout=idle_timeout, on_closed=self._conversations.connection_closed, emit=self._consumers.emit,
+            idle_timeout=idle_timeout, on_closed=self._conversations.connection_closed,
+            emit=self._consumers.emit if seq is None else seq.emit, admit=None if seq is None else seq.admit,
         )
-        self._tasks = Tasks()
         if _running_loop() is not None:
             self._start()
 
@@ -264,6 +269,7 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
         overflow: Overflow | None = None,
         copy: bool = False,
         events: bool = False,
+        gaps: bool = False,
     ) -> Stream[M]:
         """Return a new stream of the messages matching ``filters``, from now on.
 
@@ -276,6 +282,7 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
             copy: Give this stream deep copies instead of the shared message.
             events: Also carry the lifecycle events (``Connected``, ``Disconnected``,
                 ...) in-band, each at the point of the message flow where it happened.
+            gaps: Carry the ``Gap`` events (see ``_sequence``) in-band, without the others.
 
         Raises:
             TypeError, ValueError: a malformed filter or option, named in the message.
@@ -287,7 +294,7 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
             maxsize=self._maxsize if maxsize is None else maxsize,
             overflow=self._overflow if overflow is None else overflow,
             copy=copy,
-            events=events,
+            events=events, gaps=gaps,
         )
         refusal = self._refusal()
         if refusal is not None:
@@ -298,7 +305,7 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
         """Return a new stream of the client's lifecycle events, from now on.
 
         ``Connected``, ``Disconnected``, ``Retrying``, ``Recycling``, ``Recycled``,
-        ``GaveUp`` and ``Closed`` (frozen dataclasses; ``match`` them), in the order
+        ``Gap``, ``GaveUp``, ``Closed`` (frozen dataclasses; ``match`` them), in the order
         they happened. Each is emitted at its exact point of the message flow: a
         stream made with ``stream_filter(..., events=True)`` shows where. The oldest
         event is dropped when ``maxsize`` wait unread (counted, like any stream's
@@ -417,18 +424,18 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
         """Return counters and a snapshot of every stream, as a fresh dict.
 
         Keys: ``connects``, ``reconnects``, ``recycles``, ``recycle_failures`` (attempts
-        to open a recycle's new connection that failed; each is also a retry),
-        ``retries``, ``frames``,
-        ``messages``, ``parse_errors``, ``skipped`` (frames parsed to None),
+        to open a recycle's new connection that failed; each is also a retry), ``retries``,
+        ``frames``, ``messages``, ``parse_errors``, ``skipped`` (frames parsed to None),
         ``handler_errors``, ``predicate_errors``, ``pump_yields`` (times the pump paused
         in the middle of a read so that woken consumers could drain buffers that were
-        half full), ``pending`` (``expect``/``wait_for``/
-        ``request``/``poll`` waits not yet settled), ``dropped`` (by every stream and
-        handler, closed ones included), ``last_frame_age`` (seconds, or None with no
-        connection), ``connected``, ``state`` (``"new"``, ``"connecting"``, ``"connected"``,
-        ``"backoff"``, ``"failed"`` or ``"closed"``), ``last_error`` (the last failure
-        to open or keep a connection, redacted, or None) and ``streams`` (a list of
-        ``{"filters", "queued", "dropped"}``).
+        half full), ``pending`` (``expect``/``wait_for``/``request``/``poll`` waits not
+        yet settled), ``dropped`` (by every stream and handler, closed ones included),
+        ``last_frame_age`` (seconds, or None with no connection), ``connected``, ``state``
+        (``"new"``, ``"connecting"``, ``"connected"``, ``"backoff"``, ``"failed"`` or
+        ``"closed"``), ``last_error`` (the last failure to open or keep a connection,
+        redacted, or None), ``streams`` (a list of ``{"filters", "queued", "dropped"}``),
+        and with a ``_sequence`` hook (else 0): ``duplicates``, ``gaps``, ``resyncs``,
+        ``resync_errors``, ``sequence_errors``, ``held``, ``held_dropped``.
         """
         c = self._counters
         supervisor = self._supervisor
@@ -454,6 +461,7 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
             "last_frame_age": None if conn is None else time.monotonic() - conn.last_frame,
             "last_error": None if last is None else describe(last),
             "streams": self._consumers.snapshot(),
+            **sequence_stats(c, self._sequencer),
         }
 
     @classmethod
