@@ -158,12 +158,12 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
             refusal=self._refusal,
         )
         self._tasks = Tasks()
-        seq = self._sequencer = sequencer_for(self, index=index, counters=self._counters, emit=self._consumers.emit,
-                                              tasks=self._tasks, policy=policy)
+        seq = self._sequencer = sequencer_for(self, index, self._counters, self._consumers.emit, self._tasks, policy)
+        self._emit = self._consumers.emit if seq is None else seq.emit  # a sequencer watches the events go by
         self._supervisor = Supervisor(
             self, index=index, counters=self._counters, pressure=pressure, policy=policy,
             idle_timeout=idle_timeout, on_closed=self._conversations.connection_closed,
-            emit=self._consumers.emit if seq is None else seq.emit, admit=None if seq is None else seq.admit,
+            emit=self._emit, admit=None if seq is None else seq.admit,
         )
         if _running_loop() is not None:
             self._start()
@@ -216,7 +216,7 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
 
     async def _release(self) -> None:
         """End every consumer and wait at exit; a handler that called exit() loses its backlog."""
-        self._consumers.emit(Closed())
+        self._emit(Closed())
         self._consumers.end(None)
         self._conversations.fail_all(lambda: ClientClosed("the client has exited"))
         for handler in self._consumers.async_handlers:
@@ -240,7 +240,7 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
             return _copy_error(error)
 
         self._supervisor.gate.fail(make_error)
-        self._consumers.emit(GaveUp(make_error()))
+        self._emit(GaveUp(make_error()))
         self._consumers.end(make_error, events=False)
         self._conversations.fail_all(make_error)
 

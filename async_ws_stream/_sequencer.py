@@ -48,7 +48,6 @@ class SequenceHooks(Protocol):
 
 def sequencer_for(
     client: ClientHooks[Any],
-    *,
     index: Index[Target],
     counters: Counters,
     emit: Callable[[Event], None],
