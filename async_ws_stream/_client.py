@@ -434,8 +434,8 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
         (``"new"``, ``"connecting"``, ``"connected"``, ``"backoff"``, ``"failed"`` or
         ``"closed"``), ``last_error`` (the last failure to open or keep a connection,
         redacted, or None), ``streams`` (a list of ``{"filters", "queued", "dropped"}``),
-        and with a ``_sequence`` hook (else 0): ``duplicates``, ``gaps``, ``resyncs``,
-        ``resync_errors``, ``sequence_errors``, ``held``, ``held_dropped``.
+        and with a ``_sequence`` hook (else 0): ``duplicates``, ``gaps``, ``resyncs``, ``resync_errors``,
+        ``resync_discarded``, ``sequence_errors``, ``held``, ``held_dropped``.
         """
         c = self._counters
         supervisor = self._supervisor

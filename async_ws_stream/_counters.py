@@ -31,7 +31,8 @@ class Counters:
     predicate_errors: int = 0
     pump_yields: int = 0  # times the pump let woken consumers drain in the middle of a read
     # Sequences (a _sequence hook)
-    duplicates: int = 0  # at or below their key's last number (delivered, or covered by a resync)
+    duplicates: int = 0  # at or below their key's last number delivered: sent twice
+    resync_discarded: int = 0  # held during a resync, at or below the number it returned
     gaps: int = 0
     resyncs: int = 0  # started
     resync_errors: int = 0  # _resync attempts that raised (each retried)

@@ -101,7 +101,8 @@ class ClientHooks(abc.ABC, Generic[M]):
         ``resync_on_connect``, on a key's first message after a connect (``gap``
         None). Meanwhile that key's messages are held; when it returns ``n``,
         the held ones at or below ``n`` are discarded and the rest delivered in
-        order (a hole between ``n`` and them is another gap). None: nothing is
+        order (a hole between ``n`` and them is another gap; the discarded count in
+        ``stats()["resync_discarded"]``). None: nothing is
         discarded, and the key starts again from the first held message. Raising
         is logged with its traceback, counted in ``stats()["resync_errors"]``,
         and retried after the client's backoff delays, the key still held.

@@ -93,6 +93,7 @@ def sequence_stats(counters: Counters, sequencer: Sequencer | None) -> dict[str,
         "gaps": c.gaps,
         "resyncs": c.resyncs,
         "resync_errors": c.resync_errors,
+        "resync_discarded": c.resync_discarded,
         "sequence_errors": c.sequence_errors,
         "held": 0 if sequencer is None else sequencer.book.held,
         "held_dropped": c.held_dropped,
@@ -258,7 +259,7 @@ class Sequencer:
         """Deliver, at once and in order, what the resync of ``key`` held past ``number``."""
         release = self.book.resynced(key, number)
         self._overflowing.discard(key)
-        self._counters.duplicates += release.discarded
+        self._counters.resync_discarded += release.discarded
         match = self._index.match
         for msg in release.messages:
             for target in match(msg):

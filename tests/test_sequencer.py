@@ -190,7 +190,9 @@ async def test_a_resync_holds_its_key_and_never_delays_another(resyncing: Resync
     await send(server, "a", 9)
     assert await take(a, 1) == [9]
     stats = resyncing.stats()
-    assert (stats["resyncs"], stats["gaps"], stats["held"], stats["duplicates"]) == (1, 1, 0, 2)
+    assert (stats["resyncs"], stats["gaps"], stats["held"], stats["resync_discarded"], stats["duplicates"]) == (
+        1, 1, 0, 2, 0,
+    )
     assert resyncing.calls.empty()
 
 
@@ -238,7 +240,7 @@ async def test_a_resync_without_a_number_delivers_everything_it_held(resyncing: 
     assert await take(a, 3) == [1, 4, 5]
     await send(server, "a", 5, 6)
     assert await take(a, 1) == [6]
-    assert resyncing.stats()["duplicates"] == 1
+    assert (resyncing.stats()["duplicates"], resyncing.stats()["resync_discarded"]) == (1, 0)
 
 
 class SmallHold(Resyncing):
@@ -354,7 +356,9 @@ async def test_a_client_without_a_sequence_hook_keeps_the_plain_pump(server: Fee
         assert plain._sequencer is None and pump_of(plain) == ["_pump"]
         assert counted._sequencer is not None and pump_of(counted) == ["_pump_sequenced"]
         stats = plain.stats()
-        assert [stats[k] for k in ("duplicates", "gaps", "resyncs", "resync_errors", "held", "held_dropped")] == [0] * 6
+        keys = ("duplicates", "gaps", "resyncs", "resync_errors", "resync_discarded", "sequence_errors", "held",
+                "held_dropped")
+        assert [stats[k] for k in keys] == [0] * len(keys)
     finally:
         await plain.exit()
         await counted.exit()
