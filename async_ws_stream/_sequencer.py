@@ -126,8 +126,6 @@ class Sequencer:
     ) -> None:
         self.book = book
         self._hooks = hooks
-        self._sequence = hooks._sequence
-        self._judge = book.admit
         self._index = index
         self._counters = counters
         self._forward = emit
@@ -137,26 +135,38 @@ class Sequencer:
         self._recycled = False  # the next Connected is a recycle's successor
         self._stopped = False
         self._overflowing: set[Hashable] = set()  # keys whose hold drops, logged once per resync
+        #: The receive loop's question for each message; see :meth:`_make_admit`.
+        self.admit: Callable[[Any], bool] = self._make_admit()
 
     # -- the receive loop's side ---------------------------------------------------------------
 
-    def admit(self, msg: Any) -> bool:
-        """Whether the receive loop delivers ``msg`` now; if not, it was dropped (counted) or held.
+    def _make_admit(self) -> Callable[[Any], bool]:
+        # A closure over locals rather than a method: it runs for every message, and
+        # each attribute of self it would read costs as much as a comparison.
+        sequence = self._hooks._sequence
+        judge = self.book.admit
+        act = self._act
+        failed = self._sequence_failed
 
-        Runs for every message; never raises, never awaits.
-        """
-        try:
-            numbered = self._sequence(msg)
-            if numbered is None:
+        def admit(msg: Any) -> bool:
+            """Whether the receive loop delivers ``msg`` now; if not, it was dropped (counted) or held.
+
+            Never raises, never awaits.
+            """
+            try:
+                numbered = sequence(msg)
+                if numbered is None:
+                    return True
+                key, first, last = numbered
+                verdict = judge(key, first, last, msg)
+            except Exception as exc:
+                failed(exc)
                 return True
-            key, first, last = numbered
-            verdict = self._judge(key, first, last, msg)
-        except Exception as exc:
-            self._sequence_failed(exc)
-            return True
-        if not verdict:  # DELIVER, the usual case: one test
-            return True
-        return self._act(verdict, key)
+            if not verdict:  # DELIVER, the usual case: one test
+                return True
+            return act(verdict, key)
+
+        return admit
 
     def _act(self, verdict: int, key: Hashable) -> bool:
         if verdict == DUPLICATE:
