@@ -88,7 +88,7 @@ class Consumers(Generic[M]):
         self._events_only.discard(stream)
 
     def emit(self, event: Event) -> None:
-        """Hand ``event`` to every stream that takes events, now, in the message flow's order."""
+        """Hand ``event`` to every stream that takes events (a ``Gap`` also to ``gaps=True`` ones), now."""
         for stream in list(self._event_streams):
             stream.deliver(event)
         if type(event) is Gap:

@@ -8,7 +8,9 @@ One task runs :meth:`Supervisor.run`::
                                read this one to its end, then serve the successor
 
 While a connection is served, up to three tasks run under one TaskGroup: the
-pump (read, parse, dispatch), the recycle trigger (the user's
+pump (read, parse, dispatch; with a ``_sequence`` hook, the sequenced pump, which
+asks the :mod:`._sequencer` about each message first, chosen once per connection
+so that the plain pump has no per-message test for it), the recycle trigger (the user's
 ``_when2create_new_ws``, then the make-before-break swap) and, with
 ``idle_timeout``, a watchdog. Every attempt to open a connection, for a
 reconnect or for a recycle's successor, goes through one loop,
