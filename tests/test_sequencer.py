@@ -31,6 +31,7 @@ class Resyncing(Counted):
         self.calls: asyncio.Queue[tuple[Any, Gap | None]] = asyncio.Queue()
         self.answers: asyncio.Queue[Any] = asyncio.Queue()
         self.cancelled = False
+        self.cancelled_now = asyncio.Event()
 
     async def _resync(self, key: Any, gap: Gap | None) -> int | None:
         self.calls.put_nowait((key, gap))
@@ -38,6 +39,7 @@ class Resyncing(Counted):
             answer = await self.answers.get()
         except asyncio.CancelledError:
             self.cancelled = True
+            self.cancelled_now.set()
             raise
         if isinstance(answer, Exception):
             raise answer
@@ -307,6 +309,23 @@ async def test_exit_during_a_resync_cancels_it_promptly(server: FeedServer) -> N
         await client.exit()
     assert client.cancelled and no_library_tasks()
     assert drain(a) == [1]
+
+
+async def test_giving_up_cancels_a_pending_resync(server: FeedServer) -> None:
+    """A fatal close (1008) ends the client; the resync under way is cancelled then, not left waiting."""
+    client = Resyncing(server.url)
+    events = client.events()
+    try:
+        await client.wait_connected(timeout=5)
+        await send(server, "a", 1, 3)
+        await client.calls.get()
+        await server.close_all(1008, "policy violation")
+        async with asyncio.timeout(5):
+            await client.cancelled_now.wait()
+        assert "GaveUp" in [type(e).__name__ for e in drain(events)]
+    finally:
+        await client.exit()
+    assert no_library_tasks()
 
 
 # -- hooks -----------------------------------------------------------------------------------------
