@@ -24,6 +24,7 @@ The rooms, one idea each (the README's "How it is built" says more)::
     _lifecycle.py     the tasks a client owns, and how they stop at exit()
     _options.py       defaults and argument checks (TypeError for a type, ValueError for a range)
     _counters.py      the totals behind stats()
+    metrics.py        instrument(): Prometheus export (extra 'prometheus')
     _events.py        the lifecycle events a bot watches (Connected, Disconnected, ...)
     _redact.py        log-safe text: URLs cut to host and port
     threaded.py       start_in_thread's handle; _blocking.py its blocking streams
@@ -35,7 +36,17 @@ The rooms, one idea each (the README's "How it is built" says more)::
 from loguru import logger
 
 from ._client import AsyncWebsocketStreamInterface, AsyncWsStream
-from ._events import Closed, Connected, Disconnected, Event, Gap, GaveUp, Recycled, Recycling, Retrying
+from ._events import (
+    Closed,
+    Connected,
+    Disconnected,
+    Event,
+    Gap,
+    GaveUp,
+    Recycled,
+    Recycling,
+    Retrying,
+)
 from ._expect import Expectation
 from ._streams import Stream
 from .exceptions import (

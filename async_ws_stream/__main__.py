@@ -8,13 +8,16 @@ argument (argparse's convention).
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import __version__
-from ._cli import ConnectOptions, parse_json, parse_json_object, run_connect
+from ._cli import ConnectOptions, parse_json_object, run_connect
 from ._demo import DEFAULT_FAULT_EVERY, run_demo
+from ._redact import redact
 
 __all__ = ["build_parser", "main"]
 
@@ -114,9 +117,12 @@ def _json_object(text: str) -> dict[str, Any]:
 
 def _json_text(text: str) -> str:
     try:
-        parse_json(text)
+        json.loads(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        # Not echoed: --send documents (a login, an auth message) often carry credentials.
+        raise argparse.ArgumentTypeError(
+            f"not valid JSON ({exc}); check the shell's quoting (the text is not shown: it may hold a secret)"
+        ) from None
     return text  # sent as given: the user's spelling of numbers and keys is kept
 
 
@@ -138,7 +144,9 @@ def _number(kind: type[int] | type[float], *, minimum: float, strict: bool = Fal
 
 def _ws_url(text: str) -> str:
     if not text.lower().startswith(("ws://", "wss://")):
-        raise argparse.ArgumentTypeError(f"expected a ws:// or wss:// address, got {text!r}")
+        # Shown without its userinfo, path and query, where passwords, keys and tokens live.
+        shown = redact(text) if "://" in text else re.split(r"[/?#@\s]", text, maxsplit=1)[0] + "…"
+        raise argparse.ArgumentTypeError(f"expected a ws:// or wss:// address, got {shown!r}")
     return text
 
 
@@ -146,7 +154,11 @@ def _header(text: str) -> tuple[str, str]:
     name, sep, value = text.partition(":")
     name = name.strip()
     if not sep or not name or any(c.isspace() for c in name):
-        raise argparse.ArgumentTypeError(f"expected NAME:VALUE, such as 'Authorization: Bearer x', got {text!r}")
+        # Never echoed: a header's value is often a credential (Authorization, X-MBX-APIKEY).
+        raise argparse.ArgumentTypeError(
+            f"expected NAME:VALUE, such as 'Authorization: Bearer x', got {len(text)} characters "
+            f"{'with no' if not sep else 'with a bad name before the'} ':' (not shown: it may hold a secret)"
+        )
     return name, value.strip()
 
 

@@ -24,11 +24,11 @@ from loguru import logger
 from ._backoff import RetryPolicy
 from ._consumers import Consumers
 from ._conversation import Conversations, Conversing
-from ._hooks import ClientHooks
 from ._counters import Counters
-from ._events import Closed, Event, GaveUp
-from ._lifecycle import Tasks
 from ._dispatch import Index, Target
+from ._events import Closed, Event, GaveUp
+from ._hooks import ClientHooks
+from ._lifecycle import Tasks, running_loop
 from ._options import (
     DEFAULT_BACKOFF_FACTOR,
     DEFAULT_BACKOFF_INITIAL,
@@ -43,8 +43,8 @@ from ._options import (
     check_buffer,
     check_number,
 )
-from ._redact import describe
-from ._sequencer import sequence_stats, sequencer_for
+from ._redact import describe, traceback_of
+from ._sequencer import sequence_stats, wire_sequences
 from ._streams import Pressure, Stream
 from ._supervisor import Link, State, Supervisor
 from .exceptions import ClientClosed, Timeout
@@ -158,14 +158,14 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
             refusal=self._refusal,
         )
         self._tasks = Tasks()
-        seq = self._sequencer = sequencer_for(self, index, self._counters, self._consumers.emit, self._tasks, policy)
-        self._emit = self._consumers.emit if seq is None else seq.emit  # a sequencer watches the events go by
+        # Every event goes through self._emit: with a _sequence hook, a sequencer watches them go by.
+        self._sequencer, self._emit, admit = wire_sequences(self, index, self._counters, self._consumers,
+                                                            self._tasks, policy)
         self._supervisor = Supervisor(
             self, index=index, counters=self._counters, pressure=pressure, policy=policy,
-            idle_timeout=idle_timeout, on_closed=self._conversations.connection_closed,
-            emit=self._emit, admit=None if seq is None else seq.admit,
+            idle_timeout=idle_timeout, on_closed=self._conversations.connection_closed, emit=self._emit, admit=admit,
         )
-        if _running_loop() is not None:
+        if running_loop() is not None:
             self._start()
 
     # -- life ------------------------------------------------------------------------------
@@ -253,7 +253,9 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
 
     def _predicate_failed(self, exc: BaseException, condition: object) -> None:
         self._counters.predicate_errors += 1
-        logger.opt(exception=exc).warning("filter predicate in {!r} raised; treated as no match", condition)
+        logger.opt(lazy=True).warning(
+            "filter predicate in {} raised; treated as no match\n{}", lambda: repr(condition), lambda: traceback_of(exc)
+        )
 
     def _check_open(self, what: str) -> None:
         if self._tasks.closing:
@@ -418,6 +420,10 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
                 raise self._no_connection("send", limit)  # chains the last failure
             raise Timeout(f"send: not sent within {limit}s") from exc
 
+    def _watch_lag(self, on_wait: Callable[[float], None], on_message: Callable[[Any], None] | None) -> None:
+        """Metrics' seam (see :func:`async_ws_stream.metrics.instrument`)."""
+        self._consumers.watch_lag(on_wait, on_message)
+
     # -- state -----------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
@@ -444,6 +450,7 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
         return {
             "state": State.CLOSED.value if self._tasks.closing else supervisor.state.value,
             "connected": conn is not None,
+            "connection": None if conn is None else conn.number,
             "connects": c.connects,
             "reconnects": c.reconnects,
             "recycles": c.recycles,
@@ -486,13 +493,6 @@ def _copy_error(error: BaseException) -> BaseException:
     fresh = copy.copy(error)
     fresh.__cause__ = error.__cause__
     return fresh
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None  # constructed outside a loop: start() or `async with` starts the client
 
 
 #: The name the older package used; code written for it runs unchanged but for the import.

@@ -19,7 +19,7 @@ from ._dispatch import Index, Subscription, Target
 from ._events import Event, Gap
 from ._filters import compile_filters
 from ._options import Overflow, check_buffer
-from ._streams import AsyncHandler, Pressure, Stream, SyncHandler
+from ._streams import AsyncHandler, Pressure, Stream, SyncHandler, TimedStream
 
 __all__ = ["Consumers"]
 
@@ -43,6 +43,8 @@ class Consumers(Generic[M]):
         self._events_only: set[Stream[Any]] = set()
         # Message streams made with gaps=True (and not events=True): Gap events only.
         self._gap_streams: dict[Stream[Any], None] = {}
+        # Set by metrics.instrument(): streams made from then on report their lag.
+        self._on_wait: Callable[[float], None] | None = None
 
     def add_stream(
         self,
@@ -57,10 +59,12 @@ class Consumers(Generic[M]):
         """Register a new stream (arguments as for ``stream_filter``, checked here)."""
         check_buffer("stream_filter", maxsize, overflow)
         clauses = compile_filters(filters, argname="stream_filter: filters")
-        stream: Stream[M] = Stream(
-            filters, maxsize=maxsize, overflow=overflow, copy=copy,
+        options: dict[str, Any] = dict(
+            maxsize=maxsize, overflow=overflow, copy=copy,
             counters=self._counters, pressure=self._pressure, on_close=self._forget_stream,
         )
+        stream: Stream[M] = Stream(filters, **options) if self._on_wait is None \
+            else TimedStream(filters, on_wait=self._on_wait, **options)
         self._streams[stream] = self._index.add(clauses, stream)
         if events:
             self._event_streams[stream] = None
@@ -78,6 +82,12 @@ class Consumers(Generic[M]):
         self._event_streams[stream] = None
         self._events_only.add(stream)
         return stream
+
+    def watch_lag(self, on_wait: Callable[[float], None], on_message: Callable[[Any], None] | None) -> None:
+        """Time the streams made from now on (``on_wait(seconds)``); hand every message to ``on_message``."""
+        self._on_wait = on_wait
+        if on_message is not None:
+            self._index.add((), _Probe(on_message))
 
     def _forget_stream(self, stream: Stream[Any]) -> None:
         subscription = self._streams.pop(stream, None)
@@ -159,3 +169,12 @@ class Consumers(Generic[M]):
     def snapshot(self) -> list[dict[str, Any]]:
         """Every open stream's filters, queue length and drops, for ``stats()["streams"]``."""
         return [s.statistics()._asdict() for s in self._streams]
+
+
+class _Probe:
+    """A dispatch target that sees every message, for metrics."""
+
+    __slots__ = ("deliver",)
+
+    def __init__(self, deliver: Callable[[Any], None]) -> None:
+        self.deliver = deliver

@@ -19,7 +19,16 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
-from ._filters import MISSING, Clause, OnError, Path, describe_value, is_anchorable, pairs_match, walk
+from ._filters import (
+    MISSING,
+    Clause,
+    OnError,
+    Path,
+    describe_value,
+    is_anchorable,
+    pairs_match,
+    walk,
+)
 
 __all__ = ["Index", "Subscription", "Target"]
 

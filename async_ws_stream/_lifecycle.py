@@ -21,8 +21,17 @@ from typing import Any
 from loguru import logger
 
 from ._options import EXIT_GRACE
+from ._redact import traceback_of
 
-__all__ = ["Tasks"]
+__all__ = ["Tasks", "running_loop"]
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The running event loop, or None outside one (a client made there starts on ``start()``)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 class Tasks:
@@ -59,7 +68,7 @@ class Tasks:
     def _reap(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            logger.opt(exception=task.exception()).error("task {} failed", task.get_name())
+            logger.error("task {} failed\n{}", task.get_name(), traceback_of(task.exception()))  # type: ignore[arg-type]
 
     async def exit(self, begin: Callable[[], None], release: Callable[[], Awaitable[None]]) -> None:
         """Stop every task; idempotent. See the module docstring for the order.

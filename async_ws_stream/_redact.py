@@ -3,14 +3,18 @@
 Listen keys, tokens and passwords live in URLs (``wss://host/ws/LISTENKEY``,
 ``?token=...``, ``user:password@``), and the errors of ``websockets`` quote the
 URL they failed on. Everything the library logs about a connection or a
-failure goes through :func:`redact` or :func:`describe` first.
+failure goes through :func:`redact` or :func:`describe` first, and the
+tracebacks it logs go through :func:`traceback_of`: loguru's own rendering of
+``exception=`` shows every local variable under its default ``diagnose=True``,
+which would put whole messages in the log.
 """
 
 from __future__ import annotations
 
 import re
+import traceback
 
-__all__ = ["describe", "redact"]
+__all__ = ["describe", "redact", "traceback_of"]
 
 # scheme://[userinfo@]host[:port] then the rest of the URL up to white space or a quote.
 _URL = re.compile(
@@ -34,3 +38,8 @@ def describe(exc: BaseException) -> str:
     text = str(exc)
     line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return redact(line.replace("\n", " "))
+
+
+def traceback_of(exc: BaseException) -> str:
+    """The traceback of ``exc`` as text: each frame's file, line and code, never a variable's value; redacted."""
+    return redact("".join(traceback.format_exception(exc)).rstrip())

@@ -35,7 +35,7 @@ from ._options import check_int
 from ._redact import describe
 from ._sequences import DUPLICATE, GAP, HELD, HELD_OVERFLOW, RESYNC_GAP, Sequences
 
-__all__ = ["SequenceHooks", "Sequencer", "sequence_stats", "sequencer_for"]
+__all__ = ["SequenceHooks", "Sequencer", "sequence_stats", "sequencer_for", "wire_sequences"]
 
 
 class SequenceHooks(Protocol):
@@ -83,6 +83,31 @@ def sequencer_for(
     assert hold is not None
     book = Sequences(resync=has_resync, resync_on_connect=cls.resync_on_connect, hold=hold)
     return Sequencer(client, book, index=index, counters=counters, emit=emit, tasks=tasks, policy=policy)
+
+
+class _Emitter(Protocol):
+    def emit(self, event: Event) -> None: ...
+
+
+def wire_sequences(
+    client: ClientHooks[Any],
+    index: Index[Target],
+    counters: Counters,
+    consumers: _Emitter,
+    tasks: Tasks,
+    policy: RetryPolicy,
+) -> tuple[Sequencer | None, Callable[[Event], None], Callable[[Any], bool] | None]:
+    """How a client is wired for sequences: its sequencer, the emit every event goes through, the pump's admit.
+
+    Without a ``_sequence`` hook: None, the consumers' own emit, and None (the
+    plain pump). With one, the sequencer's emit, which watches the events go by
+    (connects, exit) before handing them on, and its admit. Raises as
+    :func:`sequencer_for`.
+    """
+    sequencer = sequencer_for(client, index, counters, consumers.emit, tasks, policy)
+    if sequencer is None:
+        return None, consumers.emit, None
+    return sequencer, sequencer.emit, sequencer.admit
 
 
 def sequence_stats(counters: Counters, sequencer: Sequencer | None) -> dict[str, int]:

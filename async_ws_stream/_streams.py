@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import copy as _copy
 import enum
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -28,9 +29,10 @@ from loguru import logger
 
 from ._counters import Counters
 from ._options import Overflow
+from ._redact import traceback_of
 from .exceptions import StreamOverflow
 
-__all__ = ["AsyncHandler", "Pressure", "Stream", "StreamStatistics", "SyncHandler"]
+__all__ = ["AsyncHandler", "Pressure", "Stream", "StreamStatistics", "SyncHandler", "TimedStream"]
 
 M = TypeVar("M")
 
@@ -317,6 +319,36 @@ class Stream(Generic[M]):
         self._episode_drops = 0
 
 
+class TimedStream(Stream[M]):
+    """A :class:`Stream` that reports how long each message waited between its dispatch and its consumer.
+
+    Made instead of a plain stream once the client is instrumented
+    (:mod:`async_ws_stream.metrics`); it holds ``(time, message)`` pairs, so plain
+    streams pay nothing for it.
+    """
+
+    __slots__ = ("_on_wait",)
+
+    def __init__(self, *args: Any, on_wait: Callable[[float], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_wait = on_wait
+
+    def deliver(self, msg: M) -> None:
+        """Buffer ``msg`` with the time it arrived (see :meth:`Stream.deliver`)."""
+        super().deliver((time.monotonic(), msg))  # type: ignore[arg-type]
+
+    async def __anext__(self) -> M:
+        held: Any = await super().__anext__()
+        self._on_wait(time.monotonic() - held[0])
+        return held[1]  # type: ignore[no-any-return]
+
+    def get_nowait(self) -> M:
+        """Return the next buffered message, or raise IndexError when there is none."""
+        held: Any = super().get_nowait()
+        self._on_wait(time.monotonic() - held[0])
+        return held[1]  # type: ignore[no-any-return]
+
+
 class SyncHandler:
     """A plain function called inline for each matching message; failures are logged and counted."""
 
@@ -330,9 +362,9 @@ class SyncHandler:
         """Call the handler now, inline; count and log what it raises."""
         try:
             self.fn(msg)
-        except Exception:
+        except Exception as exc:
             self._counters.handler_errors += 1
-            logger.opt(exception=True).error("handler {!r} failed", self.fn)
+            logger.error("handler {!r} failed\n{}", self.fn, traceback_of(exc))
 
 
 class AsyncHandler:
@@ -360,6 +392,6 @@ class AsyncHandler:
         async for msg in self.stream:
             try:
                 await fn(msg)
-            except Exception:
+            except Exception as exc:
                 self._counters.handler_errors += 1
-                logger.opt(exception=True).error("handler {!r} failed", fn)
+                logger.error("handler {!r} failed\n{}", fn, traceback_of(exc))

@@ -36,8 +36,9 @@ from ._counters import Counters
 from ._dispatch import Index, Target
 from ._events import Connected, Disconnected, Event, Recycled, Recycling, Retrying
 from ._options import EXIT_GRACE
-from ._redact import describe
+from ._redact import describe, traceback_of
 from ._streams import Pressure
+from .transports import guard
 from .exceptions import AsyncWsStreamError, ConnectionLost
 
 __all__ = ["Gate", "Hooks", "Link", "State", "Supervisor", "WebSocket"]
@@ -250,7 +251,7 @@ class Supervisor:
         except AsyncWsStreamError as exc:
             error = exc
         except Exception as exc:  # the supervisor boundary: a bug of ours, never silent
-            logger.opt(exception=True).error("supervisor failed")
+            logger.error("supervisor failed\n{}", traceback_of(exc))
             error = exc
         finally:
             if conn is not None:
@@ -301,6 +302,7 @@ class Supervisor:
 
     async def _open(self) -> Link:
         ws = _check_connection(await self._hooks._create_ws())
+        guard(ws)  # floods: big reads parsed in slices (a no-op for what it does not know)
         try:
             await self._hooks._on_connect(ws)
         except BaseException:
@@ -429,7 +431,7 @@ class Supervisor:
             await self._hooks._when2create_new_ws()
             reason = "_when2create_new_ws returned"
         except Exception as exc:
-            logger.opt(exception=True).warning("_when2create_new_ws raised; recycling connection #{}", conn.number)
+            logger.warning("_when2create_new_ws raised; recycling connection #{}\n{}", conn.number, traceback_of(exc))
             reason = f"_when2create_new_ws raised {describe(exc)}"
         self._emit(Recycling(conn.number, reason))
         age = time.monotonic() - conn.opened_at
@@ -480,4 +482,4 @@ class Supervisor:
         results = await asyncio.gather(*(_close(c.ws, EXIT_GRACE) for c in held), return_exceptions=True)
         for c, result in zip(held, results):
             if isinstance(result, Exception):
-                logger.opt(exception=result).warning("closing connection #{} failed", c.number)
+                logger.warning("closing connection #{} failed\n{}", c.number, traceback_of(result))

@@ -33,7 +33,14 @@ from loguru import logger
 
 from ._blocking import BATCH_SIZE, BlockingStream, Default
 from ._events import Event
-from ._options import DEFAULT_EVENTS_MAXSIZE, DEFAULT_HANDLER_MAXSIZE, DEFAULT_REQUEST_TIMEOUT, Overflow, check_timeout
+from ._options import (
+    DEFAULT_EVENTS_MAXSIZE,
+    DEFAULT_HANDLER_MAXSIZE,
+    DEFAULT_REQUEST_TIMEOUT,
+    Overflow,
+    check_timeout,
+)
+from ._redact import traceback_of
 from ._streams import Stream
 from .exceptions import ClientClosed
 
@@ -155,7 +162,7 @@ class ThreadedClient(Generic[M]):
         except Exception as exc:
             # The thread's boundary: a bug of ours, logged here and raised again by exit().
             self._error = exc
-            logger.opt(exception=exc).error("thread {} failed", self._thread.name)
+            logger.error("thread {} failed\n{}", self._thread.name, traceback_of(exc))
         finally:
             self._ready.set()  # in case _main never got that far
 
@@ -430,8 +437,8 @@ class ThreadedClient(Generic[M]):
     def _exit_at_interpreter_exit(self) -> None:
         try:
             self.exit()
-        except Exception:
-            logger.opt(exception=True).error("ThreadedClient: exit at interpreter exit failed")
+        except Exception as exc:
+            logger.error("ThreadedClient: exit at interpreter exit failed\n{}", traceback_of(exc))
 
     def __enter__(self) -> Self:
         return self

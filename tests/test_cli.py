@@ -98,29 +98,37 @@ async def test_send_goes_out_on_every_new_connection(server: FeedServer) -> None
 
 
 @pytest.mark.parametrize(
-    ("args", "named"),
+    ("args", "named", "shown"),
     [
-        (["--filter", "{bad json"], "argument --filter"),
-        (["--filter", "[1, 2]"], "argument --filter"),
-        (["--send", "{"], "argument --send"),
-        (["--count", "0"], "argument --count"),
-        (["--header", "no colon"], "argument --header"),
+        (["--filter", "{bad json"], "argument --filter", True),
+        (["--filter", "[1, 2]"], "argument --filter", True),
+        (["--count", "0"], "argument --count", True),
+        # These may carry credentials, so the value is named but never echoed.
+        (["--send", '{"op": "login", "key": "SECRET"'], "argument --send", False),
+        (["--header", "Authorization Bearer SECRET"], "argument --header", False),
+        (["--header", "X Key: SECRET"], "argument --header", False),
     ],
 )
-async def test_bad_argument_exits_2_naming_it(args: list[str], named: str) -> None:
-    """A malformed argument exits 2 with a message naming the argument and showing the value."""
+async def test_bad_argument_exits_2_naming_it(args: list[str], named: str, shown: bool) -> None:
+    """A malformed argument exits 2 naming the argument; its value is shown unless it may hold a secret."""
     async with cli("connect", "ws://127.0.0.1:9", *args) as proc:
         code, out, err = await finish(proc)
     assert code == 2
-    assert named in err and repr(args[1]) in err
+    assert named in err
+    if shown:
+        assert repr(args[1]) in err
+    else:
+        assert "SECRET" not in err and "not shown" in err
     assert out == "" and "Traceback" not in err
 
 
-async def test_non_websocket_url_exits_2() -> None:
-    """A URL that is not ws:// or wss:// exits 2 naming URL."""
-    async with cli("connect", "http://127.0.0.1:9") as proc:
+@pytest.mark.parametrize("url", ["http://user:PASS@127.0.0.1:9/ws?token=SECRET", "127.0.0.1:9/ws?token=SECRET"])
+async def test_non_websocket_url_exits_2_without_its_secrets(url: str) -> None:
+    """A URL that is not ws:// or wss:// exits 2 naming URL, without its userinfo, path or query."""
+    async with cli("connect", url) as proc:
         code, _, err = await finish(proc)
-    assert code == 2 and "argument URL" in err
+    assert code == 2 and "argument URL" in err and "127.0.0.1:9" in err
+    assert "SECRET" not in err and "PASS" not in err
 
 
 async def test_ctrl_c_exits_130_without_traceback(server: FeedServer) -> None:

@@ -14,7 +14,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK
 
-import async_ws_stream.transports as transports
+import async_ws_stream.transports._websockets as websockets_transport
 from async_ws_stream.testing import FeedServer
 from async_ws_stream.transports import DEFAULT_READ_SIZE, websockets_connect
 
@@ -52,7 +52,7 @@ async def test_the_read_buffer_doubles_while_reads_fill_it(
     server: FeedServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Scaled down (asyncio's 256 KiB made 4 KiB): reads of 4, 8 then 16 KiB, never more than read_size."""
-    monkeypatch.setattr(transports, "_ASYNCIO_READ_SIZE", 4096)
+    monkeypatch.setattr(websockets_transport, "ASYNCIO_READ_SIZE", 4096)
     ws = await websockets_connect(server.url, read_size=16384)
     try:
         sizes = await backlog(ws, server)
@@ -74,7 +74,7 @@ async def test_read_size_caps_every_read(server: FeedServer) -> None:
 
 async def test_a_quiet_connection_keeps_asyncios_read_size(server: FeedServer) -> None:
     """With the default read_size, a read that does not fill 256 KiB takes what waits and the buffer stays."""
-    ws = await websockets_connect(server.url)
+    ws = await websockets_connect(server.url, slice_size=DEFAULT_READ_SIZE)
     try:
         sizes = await backlog(ws, server)
         assert sizes == [sum(sizes)] and sizes[0] < 256 * 1024  # the whole backlog, in one read
@@ -119,18 +119,20 @@ async def test_options_go_to_websockets_connect(server: FeedServer) -> None:
         await ws.close()
 
 
-@pytest.mark.parametrize("read_size", [0, -1, 1.5, True, "1MiB", None])
-async def test_a_bad_read_size_is_refused_before_connecting(read_size: object) -> None:
-    """The message names the function, the option and the value."""
-    with pytest.raises(ValueError, match=r"websockets_connect: read_size must be an int >= 1 .*got"):
+@pytest.mark.parametrize(("read_size", "error"), [(0, ValueError), (-1, ValueError), (1.5, TypeError),
+                                                  (True, TypeError), ("1MiB", TypeError), (None, TypeError)])
+async def test_a_bad_read_size_is_refused_before_connecting(read_size: object, error: type[Exception]) -> None:
+    """Wrong type: TypeError; an int below 1: ValueError; the message names the function, the option and the value."""
+    with pytest.raises(error, match=rf"websockets_connect: read_size must be an int >= 1 .*got .*{read_size!r}"):
         await websockets_connect("ws://127.0.0.1:9/", read_size=read_size)  # type: ignore[arg-type]
 
 
-async def test_over_tls_the_connection_is_left_as_websockets_made_it(tls_url: str) -> None:
-    """asyncio's TLS layer reads 256 KiB whatever we ask: wss:// keeps websockets' own reading."""
+async def test_over_tls_the_guard_is_in_place_too(tls_url: str) -> None:
+    """asyncio's TLS transport allows set_protocol: wss:// connections are sliced as well, and messages flow."""
     ws = await websockets_connect(tls_url, ssl=client_context())
     try:
-        assert ws.transport.get_protocol() is ws
+        protocol = ws.transport.get_protocol()
+        assert isinstance(protocol, websockets_transport.SlicedReads) and protocol.inner is ws
         assert await asyncio.wait_for(ws.recv(), 5) == "hello"
     finally:
         await ws.close()

@@ -82,3 +82,18 @@ def test_logging_stays_off_when_nothing_enabled_it() -> None:
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=child_env(), check=True)
     assert out.stdout == ""
+
+
+def test_the_transports_facade_is_sorted_importable_and_documented() -> None:
+    """async_ws_stream.transports: __all__ sorted, every name there, every function and class with a docstring."""
+    import async_ws_stream.transports as transports
+
+    assert transports.__all__ == sorted(transports.__all__)
+    for name in transports.__all__:
+        obj = getattr(transports, name)
+        if inspect.isclass(obj) or inspect.isfunction(obj):
+            assert inspect.getdoc(obj), f"transports.{name} has no docstring"
+    for name in ("DEFAULT_READ_SIZE", "PICOWS_AVAILABLE"):  # what tests and bench/ import
+        assert name in transports.__all__, name
+    for name in ("guard", "picows_connect", "websockets_connect", "PicowsConnection"):
+        assert name in transports.__all__ and re.search(rf"`[^`]*\b{name}\b[^`]*`", README), name

@@ -8,12 +8,15 @@ relies on it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import (
     ConcurrencyError,
     ConnectionClosed,
@@ -21,10 +24,12 @@ from websockets.exceptions import (
     ConnectionClosedOK,
     InvalidMessage,
     InvalidStatus,
+    NegotiationError,
 )
+from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-import async_ws_stream.transports as transports
+import async_ws_stream.transports._picows_frames as picows_frames
 from async_ws_stream import ConnectionRejected
 from async_ws_stream._backoff import fatal_error, retry_after
 from async_ws_stream.testing import FeedServer
@@ -479,17 +484,37 @@ async def test_tls_refuses_an_untrusted_certificate(tls_url: str) -> None:
         ({"ping_interval": 0}, "ping_interval must be a number > 0 or None, got 0"),
         ({"ssl": ssl.create_default_context()}, "ssl was given for a ws:// URL"),
         ({"read_size": 0}, "picows_connect: read_size must be an int >= 1 .*got 0"),
+        ({"subprotocols": ["graphql ws"]}, "picows_connect: subprotocol 'graphql ws' is not an HTTP token"),
     ],
 )
 async def test_bad_arguments_name_the_argument_and_value(options: dict[str, Any], words: str) -> None:
-    """Bad options fail at the call with a ValueError naming the option and the value."""
+    """Right type, out of range: a ValueError naming the option and the value."""
     with pytest.raises(ValueError, match=words):
+        await picows_connect("ws://127.0.0.1:9/", **options)
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"max_queue": "16"}, r"picows_connect: max_queue must be .* got str '16'"),
+        ({"max_queue": (2.5, 1)}, r"picows_connect: max_queue must be .* got tuple \(2.5, 1\)"),
+        ({"max_size": 1.5}, "picows_connect: max_size must be an int >= 1 or None, got float 1.5"),
+        ({"open_timeout": "10"}, "picows_connect: open_timeout must be a number > 0 or None, got str '10'"),
+        ({"ping_interval": True}, "picows_connect: ping_interval must be .* got bool True"),
+        ({"read_size": None}, "picows_connect: read_size must be an int >= 1 .*got NoneType None"),
+        ({"subprotocols": "graphql-ws"}, "picows_connect: subprotocols must be a list of str, got str"),
+        ({"subprotocols": [b"graphql-ws"]}, "picows_connect: each subprotocol must be a str, got bytes"),
+    ],
+)
+async def test_arguments_of_the_wrong_type_raise_type_error(options: dict[str, Any], words: str) -> None:
+    """Wrong type: a TypeError naming the function, the option and the value."""
+    with pytest.raises(TypeError, match=words):
         await picows_connect("ws://127.0.0.1:9/", **options)
 
 
 async def test_without_picows_the_error_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """If picows cannot be imported, picows_connect says which extra to install."""
-    monkeypatch.setattr(transports, "picows", None)
+    monkeypatch.setattr(picows_frames, "picows", None)
     with pytest.raises(ImportError, match=r"async_ws_stream\[fast\]"):
         await picows_connect("ws://127.0.0.1:9/")
 
@@ -502,3 +527,81 @@ async def test_send_on_a_closed_connection_raises_what_the_client_expects(ws: Pi
         await ws.recv()
     with pytest.raises(ConnectionClosed):
         await ws.send("x")
+
+
+# -- subprotocols --------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def subprotocol_server(supported: list[str] | None, *, force: str | None = None) -> AsyncIterator[str]:
+    """A websockets server that negotiates ``supported``, or answers with ``force`` whatever was offered."""
+
+    async def echo_choice(conn: ServerConnection) -> None:
+        await conn.send(str(conn.subprotocol))
+        await conn.wait_closed()
+
+    def forced(conn: ServerConnection, request: Request, response: Response) -> Response:
+        if force is not None:
+            if "Sec-WebSocket-Protocol" in response.headers:
+                del response.headers["Sec-WebSocket-Protocol"]
+            response.headers["Sec-WebSocket-Protocol"] = force
+        return response
+
+    async with serve(echo_choice, "127.0.0.1", 0, subprotocols=supported, process_response=forced) as server:  # type: ignore[arg-type]
+        yield f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+
+
+async def test_subprotocols_are_offered_and_the_choice_exposed() -> None:
+    """subprotocols=[...] goes out in Sec-WebSocket-Protocol; .subprotocol is what the server chose, as on websockets."""
+    async with subprotocol_server(["graphql-transport-ws"]) as url:
+        ws = await picows_connect(url, subprotocols=["graphql-ws", "graphql-transport-ws"])
+        try:
+            assert ws.subprotocol == "graphql-transport-ws"
+            assert await ws.recv() == "graphql-transport-ws"  # the server's side agrees
+            assert ws.request is not None
+            assert ws.request.headers["Sec-WebSocket-Protocol"] == "graphql-ws, graphql-transport-ws"
+        finally:
+            await ws.close()
+
+
+async def test_no_subprotocol_chosen_is_none() -> None:
+    """Offered but not chosen (a server that does not negotiate any), or not offered: .subprotocol is None."""
+    async with subprotocol_server(None) as url:
+        for offered in (["graphql-ws"], None):
+            ws = await picows_connect(url, subprotocols=offered)
+            try:
+                assert ws.subprotocol is None
+                assert await ws.recv() == "None"
+            finally:
+                await ws.close()
+
+
+@pytest.mark.parametrize(("offered", "words"), [
+    (["graphql-ws"], "unsupported subprotocol: evil"),
+    (None, "no subprotocols supported"),
+])
+async def test_a_subprotocol_we_did_not_offer_raises_like_websockets(offered: list[str] | None, words: str) -> None:
+    """The server picks what was not offered: NegotiationError, as websockets.connect raises, and the socket is closed."""
+    async with subprotocol_server(None, force="evil") as url:
+        with pytest.raises(NegotiationError, match=words):
+            await connect(url, subprotocols=offered)  # type: ignore[arg-type]
+        with pytest.raises(NegotiationError, match=words):
+            await picows_connect(url, subprotocols=offered)
+
+
+# -- picows' own logging -------------------------------------------------------------------
+
+
+async def test_picows_errors_go_to_our_logger_not_to_stderr(server: FeedServer, logs: list[str],
+                                                            caplog: pytest.LogCaptureFixture,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """picows' ERROR on a frame over max_size reaches loguru (as async_ws_stream), not the root logger or stderr."""
+    caplog.set_level(logging.DEBUG)
+    ws = await picows_connect(server.url, max_size=100)
+    await server.wait_connections(1)
+    await server.broadcast("x" * 101)
+    with pytest.raises(ConnectionClosedError):
+        await ws.recv()
+    assert any(line.startswith("ERROR picows: ") for line in logs), logs
+    assert not [record for record in caplog.records if record.name.startswith(("picows", "async_ws_stream"))]
+    assert "picows" not in capsys.readouterr().err

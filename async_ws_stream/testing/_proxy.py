@@ -13,9 +13,17 @@ from urllib.parse import urlsplit
 
 from loguru import logger
 
+from .._redact import traceback_of
 from ._common import DEFAULT_WAIT_TIMEOUT, Changes, check_count, check_seconds
 from ._link import Link, reset
-from ._proxy_faults import UNSET, DirectionState, Directions, LinkFaults, _Unset, directions
+from ._proxy_faults import (
+    UNSET,
+    Directions,
+    DirectionState,
+    LinkFaults,
+    _Unset,
+    directions,
+)
 
 
 class _State(enum.Enum):
@@ -431,5 +439,5 @@ class FaultProxy:
         if not task.cancelled() and (exc := task.exception()) is not None:
             # A bug of the proxy, not a network fault (those end the link quietly): loud, and counted.
             self.errors += 1
-            logger.opt(exception=exc).error("FaultProxy: connection {} failed", link.number)
+            logger.error("FaultProxy: connection {} failed\n{}", link.number, traceback_of(exc))
         self._changes.notify()
