@@ -18,6 +18,8 @@ The rooms, one idea each (the README's "How it is built" says more)::
     _streams.py       Stream: bounded buffer, overflow policy, close; the handlers
     _filters.py       pure: compiled filters, the plain definition of a match
     _dispatch.py      pure: the index that routes each message to its targets
+    _sequences.py     pure: per-key sequence numbers, duplicate/gap verdicts, what a resync holds
+    _sequencer.py     sequence tracking in a running client: Gap events, resync tasks
     _expect.py        Expectation, the awaitable behind every wait
     _lifecycle.py     the tasks a client owns, and how they stop at exit()
     _options.py       defaults and argument checks (TypeError for a type, ValueError for a range)

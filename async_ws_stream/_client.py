@@ -28,7 +28,7 @@ from ._counters import Counters
 from ._dispatch import Index, Target
 from ._events import Closed, Event, GaveUp
 from ._hooks import ClientHooks
-from ._lifecycle import Tasks
+from ._lifecycle import Tasks, running_loop
 from ._options import (
     DEFAULT_BACKOFF_FACTOR,
     DEFAULT_BACKOFF_INITIAL,
@@ -44,6 +44,7 @@ from ._options import (
     check_number,
 )
 from ._redact import describe, traceback_of
+from ._sequencer import sequence_stats, wire_sequences
 from ._streams import Pressure, Stream
 from ._supervisor import Link, State, Supervisor
 from .exceptions import ClientClosed, Timeout
@@ -70,7 +71,8 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
     * ``_parse_raw_data(raw)``: a frame (``str``/``bytes``) to a message, or None to skip the
       frame; a plain function or a coroutine function.
 
-    and optionally ``async _on_connect(ws)`` (subscribe, log in) and ``_serialize(msg)``.
+    and optionally ``async _on_connect(ws)`` (subscribe, log in), ``_serialize(msg)``,
+    and ``_sequence``/``_resync`` (exactly once per key, in order, or a visible ``Gap``).
 
     Guarantees:
 
@@ -155,12 +157,15 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
             no_connection=self._no_connection,
             refusal=self._refusal,
         )
+        self._tasks = Tasks()
+        # Every event goes through self._emit: with a _sequence hook, a sequencer watches them go by.
+        self._sequencer, self._emit, admit = wire_sequences(self, index, self._counters, self._consumers,
+                                                            self._tasks, policy)
         self._supervisor = Supervisor(
             self, index=index, counters=self._counters, pressure=pressure, policy=policy,
-            idle_timeout=idle_timeout, on_closed=self._conversations.connection_closed, emit=self._consumers.emit,
+            idle_timeout=idle_timeout, on_closed=self._conversations.connection_closed, emit=self._emit, admit=admit,
         )
-        self._tasks = Tasks()
-        if _running_loop() is not None:
+        if running_loop() is not None:
             self._start()
 
     # -- life ------------------------------------------------------------------------------
@@ -211,7 +216,7 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
 
     async def _release(self) -> None:
         """End every consumer and wait at exit; a handler that called exit() loses its backlog."""
-        self._consumers.emit(Closed())
+        self._emit(Closed())
         self._consumers.end(None)
         self._conversations.fail_all(lambda: ClientClosed("the client has exited"))
         for handler in self._consumers.async_handlers:
@@ -235,7 +240,7 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
             return _copy_error(error)
 
         self._supervisor.gate.fail(make_error)
-        self._consumers.emit(GaveUp(make_error()))
+        self._emit(GaveUp(make_error()))
         self._consumers.end(make_error, events=False)
         self._conversations.fail_all(make_error)
 
@@ -266,6 +271,7 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
         overflow: Overflow | None = None,
         copy: bool = False,
         events: bool = False,
+        gaps: bool = False,
     ) -> Stream[M]:
         """Return a new stream of the messages matching ``filters``, from now on.
 
@@ -278,6 +284,7 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
             copy: Give this stream deep copies instead of the shared message.
             events: Also carry the lifecycle events (``Connected``, ``Disconnected``,
                 ...) in-band, each at the point of the message flow where it happened.
+            gaps: Carry the ``Gap`` events (see ``_sequence``) in-band, without the others.
 
         Raises:
             TypeError, ValueError: a malformed filter or option, named in the message.
@@ -289,7 +296,7 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
             maxsize=self._maxsize if maxsize is None else maxsize,
             overflow=self._overflow if overflow is None else overflow,
             copy=copy,
-            events=events,
+            events=events, gaps=gaps,
         )
         refusal = self._refusal()
         if refusal is not None:
@@ -300,7 +307,7 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
         """Return a new stream of the client's lifecycle events, from now on.
 
         ``Connected``, ``Disconnected``, ``Retrying``, ``Recycling``, ``Recycled``,
-        ``GaveUp`` and ``Closed`` (frozen dataclasses; ``match`` them), in the order
+        ``Gap``, ``GaveUp``, ``Closed`` (frozen dataclasses; ``match`` them), in the order
         they happened. Each is emitted at its exact point of the message flow: a
         stream made with ``stream_filter(..., events=True)`` shows where. The oldest
         event is dropped when ``maxsize`` wait unread (counted, like any stream's
@@ -423,18 +430,18 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
         """Return counters and a snapshot of every stream, as a fresh dict.
 
         Keys: ``connects``, ``reconnects``, ``recycles``, ``recycle_failures`` (attempts
-        to open a recycle's new connection that failed; each is also a retry),
-        ``retries``, ``frames``,
-        ``messages``, ``parse_errors``, ``skipped`` (frames parsed to None),
+        to open a recycle's new connection that failed; each is also a retry), ``retries``,
+        ``frames``, ``messages``, ``parse_errors``, ``skipped`` (frames parsed to None),
         ``handler_errors``, ``predicate_errors``, ``pump_yields`` (times the pump paused
         in the middle of a read so that woken consumers could drain buffers that were
-        half full), ``pending`` (``expect``/``wait_for``/
-        ``request``/``poll`` waits not yet settled), ``dropped`` (by every stream and
-        handler, closed ones included), ``last_frame_age`` (seconds, or None with no
-        connection), ``connected``, ``state`` (``"new"``, ``"connecting"``, ``"connected"``,
-        ``"backoff"``, ``"failed"`` or ``"closed"``), ``last_error`` (the last failure
-        to open or keep a connection, redacted, or None) and ``streams`` (a list of
-        ``{"filters", "queued", "dropped"}``).
+        half full), ``pending`` (``expect``/``wait_for``/``request``/``poll`` waits not
+        yet settled), ``dropped`` (by every stream and handler, closed ones included),
+        ``last_frame_age`` (seconds, or None with no connection), ``connected``, ``state``
+        (``"new"``, ``"connecting"``, ``"connected"``, ``"backoff"``, ``"failed"`` or
+        ``"closed"``), ``last_error`` (the last failure to open or keep a connection,
+        redacted, or None), ``streams`` (a list of ``{"filters", "queued", "dropped"}``),
+        and with a ``_sequence`` hook (else 0): ``duplicates``, ``gaps``, ``resyncs``, ``resync_errors``,
+        ``resync_discarded``, ``sequence_errors``, ``held``, ``held_dropped``.
         """
         c = self._counters
         supervisor = self._supervisor
@@ -461,6 +468,7 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
             "last_frame_age": None if conn is None else time.monotonic() - conn.last_frame,
             "last_error": None if last is None else describe(last),
             "streams": self._consumers.snapshot(),
+            **sequence_stats(c, self._sequencer),
         }
 
     @classmethod
@@ -485,13 +493,6 @@ def _copy_error(error: BaseException) -> BaseException:
     fresh = copy.copy(error)
     fresh.__cause__ = error.__cause__
     return fresh
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None  # constructed outside a loop: start() or `async with` starts the client
 
 
 #: The name the older package used; code written for it runs unchanged but for the import.

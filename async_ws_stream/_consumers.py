@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 
 from ._counters import Counters
 from ._dispatch import Index, Subscription, Target
-from ._events import Event
+from ._events import Event, Gap
 from ._filters import compile_filters
 from ._options import Overflow, check_buffer
 from ._streams import AsyncHandler, Pressure, Stream, SyncHandler, TimedStream
@@ -41,6 +41,8 @@ class Consumers(Generic[M]):
         # streams made with events=True. A dict, as an ordered set.
         self._event_streams: dict[Stream[Any], None] = {}
         self._events_only: set[Stream[Any]] = set()
+        # Message streams made with gaps=True (and not events=True): Gap events only.
+        self._gap_streams: dict[Stream[Any], None] = {}
         # Set by metrics.instrument(): streams made from then on report their lag.
         self._on_wait: Callable[[float], None] | None = None
 
@@ -52,6 +54,7 @@ class Consumers(Generic[M]):
         overflow: Overflow,
         copy: bool,
         events: bool = False,
+        gaps: bool = False,
     ) -> Stream[M]:
         """Register a new stream (arguments as for ``stream_filter``, checked here)."""
         check_buffer("stream_filter", maxsize, overflow)
@@ -65,6 +68,8 @@ class Consumers(Generic[M]):
         self._streams[stream] = self._index.add(clauses, stream)
         if events:
             self._event_streams[stream] = None
+        elif gaps:
+            self._gap_streams[stream] = None
         return stream
 
     def add_events(self, maxsize: int) -> Stream[Event]:
@@ -89,12 +94,16 @@ class Consumers(Generic[M]):
         if subscription is not None:
             self._index.remove(subscription)
         self._event_streams.pop(stream, None)
+        self._gap_streams.pop(stream, None)
         self._events_only.discard(stream)
 
     def emit(self, event: Event) -> None:
-        """Hand ``event`` to every stream that takes events, now, in the message flow's order."""
+        """Hand ``event`` to every stream that takes events (a ``Gap`` also to ``gaps=True`` ones), now."""
         for stream in list(self._event_streams):
             stream.deliver(event)
+        if type(event) is Gap:
+            for stream in list(self._gap_streams):
+                stream.deliver(event)
 
     def add_handler(
         self,

@@ -30,3 +30,11 @@ class Counters:
     handler_errors: int = 0
     predicate_errors: int = 0
     pump_yields: int = 0  # times the pump let woken consumers drain in the middle of a read
+    # Sequences (a _sequence hook)
+    duplicates: int = 0  # at or below their key's last number delivered: sent twice
+    resync_discarded: int = 0  # held during a resync, at or below the number it returned
+    gaps: int = 0
+    resyncs: int = 0  # started
+    resync_errors: int = 0  # _resync attempts that raised (each retried)
+    sequence_errors: int = 0  # _sequence raised: delivered untracked
+    held_dropped: int = 0  # dropped from a key's full hold during its resync

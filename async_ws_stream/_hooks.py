@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import abc
 import json
-from typing import Any, Generic, TypeVar
+from collections.abc import Hashable
+from typing import Any, ClassVar, Generic, TypeVar
 
 from ._backoff import fatal_error
+from ._events import Gap
 from .exceptions import ConnectionRejected
 
 __all__ = ["ClientHooks"]
@@ -21,7 +23,19 @@ M = TypeVar("M")
 
 
 class ClientHooks(abc.ABC, Generic[M]):
-    """The overridable side of a client: three hooks to implement, three with defaults."""
+    """The overridable side of a client: three hooks to implement, the others with defaults.
+
+    ``_sequence`` and ``_resync`` are optional: a subclass that does not define
+    ``_sequence`` has no sequence tracking at all, and its receive loop is the
+    plain one (see :mod:`._sequencer`).
+    """
+
+    #: With ``_resync``: resync every key at its first message after a connection
+    #: opens (the first, and each after a loss; not a recycle's, which loses nothing).
+    resync_on_connect: ClassVar[bool] = False
+    #: Messages one key may hold while its resync runs; beyond, the oldest is dropped
+    #: (counted in ``stats()["held_dropped"]``).
+    resync_maxsize: ClassVar[int] = 10_000
 
     @abc.abstractmethod
     async def _create_ws(self) -> Any:
@@ -64,3 +78,33 @@ class ClientHooks(abc.ABC, Generic[M]):
         what ``send``/``request``/``wait_connected`` raise from then on.
         """
         return fatal_error(exc)
+
+    def _sequence(self, msg: M) -> tuple[Hashable, int, int] | None:
+        """Optional: say which updates of which sequence ``msg`` carries, as ``(key, first, last)``.
+
+        Binance depth diffs: ``(msg["s"], msg["U"], msg["u"])``; a plain counter:
+        ``(key, n, n)``. Return None for a message outside any sequence (a reply,
+        a trade). With this hook the client delivers each key's messages once and
+        in order: one at or below the key's last number is a duplicate, dropped
+        and counted (``stats()["duplicates"]``); one starting past ``last + 1`` is
+        a gap: a :class:`~async_ws_stream.Gap` event, ``stats()["gaps"]``, and a
+        resync if there is a ``_resync`` hook. A plain function (it runs for every
+        message); raising counts in ``stats()["sequence_errors"]`` and the message
+        is delivered untracked.
+        """
+        return None
+
+    async def _resync(self, key: Any, gap: Gap | None) -> int | None:
+        """Optional: bring ``key`` up to date (a REST snapshot) and return the number it is current to.
+
+        Called, in a task of its own, on a gap (``gap`` says where) and, with
+        ``resync_on_connect``, on a key's first message after a connect (``gap``
+        None). Meanwhile that key's messages are held; when it returns ``n``,
+        the held ones at or below ``n`` are discarded and the rest delivered in
+        order (a hole between ``n`` and them is another gap; the discarded count in
+        ``stats()["resync_discarded"]``). None: nothing is
+        discarded, and the key starts again from the first held message. Raising
+        is logged with its traceback, counted in ``stats()["resync_errors"]``,
+        and retried after the client's backoff delays, the key still held.
+        """
+        return None

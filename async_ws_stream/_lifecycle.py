@@ -23,7 +23,15 @@ from loguru import logger
 from ._options import EXIT_GRACE
 from ._redact import traceback_of
 
-__all__ = ["Tasks"]
+__all__ = ["Tasks", "running_loop"]
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The running event loop, or None outside one (a client made there starts on ``start()``)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 class Tasks:

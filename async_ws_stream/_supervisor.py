@@ -8,7 +8,9 @@ One task runs :meth:`Supervisor.run`::
                                read this one to its end, then serve the successor
 
 While a connection is served, up to three tasks run under one TaskGroup: the
-pump (read, parse, dispatch), the recycle trigger (the user's
+pump (read, parse, dispatch; with a ``_sequence`` hook, the sequenced pump, which
+asks the :mod:`._sequencer` about each message first, chosen once per connection
+so that the plain pump has no per-message test for it), the recycle trigger (the user's
 ``_when2create_new_ws``, then the make-before-break swap) and, with
 ``idle_timeout``, a watchdog. Every attempt to open a connection, for a
 reconnect or for a recycle's successor, goes through one loop,
@@ -194,6 +196,8 @@ class Supervisor:
             replies (requests in flight on it must fail).
         emit: Receives each lifecycle event, synchronously, at the point of the
             message flow where it happens (see :mod:`._events`).
+        admit: With sequence tracking, asked about each message before it is
+            dispatched (False: dropped or held); see :mod:`._sequencer`.
     """
 
     def __init__(
@@ -207,9 +211,11 @@ class Supervisor:
         idle_timeout: float | None,
         on_closed: Callable[[Link], None],
         emit: Callable[[Event], None],
+        admit: Callable[[Any], bool] | None = None,
     ) -> None:
         self._hooks = hooks
         self._emit = emit
+        self._admit = admit
         self._index = index
         self._counters = counters
         self._pressure = pressure
@@ -318,7 +324,9 @@ class Supervisor:
                 recycler = tg.create_task(self._recycle(conn), name="async_ws_stream recycle")
                 watchdog = tg.create_task(self._watch(conn), name="async_ws_stream watchdog") \
                     if self._idle_timeout is not None else None
-                await self._pump(conn)
+                # Chosen once per connection: without sequence tracking, the plain
+                # pump runs, with not one test per message added for it.
+                await (self._pump if self._admit is None else self._pump_sequenced)(conn)
                 if watchdog is not None:
                     watchdog.cancel()
                 if conn.successor is None:
@@ -366,12 +374,49 @@ class Supervisor:
                     counters.pump_yields += 1
                     await asyncio.sleep(0)
         except ConnectionClosed as exc:
-            conn.closed_by = exc
-            self.last_error = exc
-            if conn.successor is None:
-                logger.warning("connection #{} lost: {}", conn.number, describe(exc))
-            else:
-                logger.info("connection #{} closed after recycle", conn.number)
+            self._lost(conn, exc)
+
+    async def _pump_sequenced(self, conn: Link) -> None:
+        """The hot path of a client with a ``_sequence`` hook: :meth:`_pump`, asking ``admit`` first."""
+        recv = conn.ws.recv
+        parse = self._hooks._parse_raw_data
+        parse_is_async = inspect.iscoroutinefunction(parse)
+        match = self._index.match
+        admit = self._admit
+        assert admit is not None
+        counters = self._counters
+        pressure = self._pressure
+        clock = time.monotonic
+        try:
+            while True:
+                raw = await recv()
+                conn.last_frame = clock()
+                counters.frames += 1
+                try:
+                    msg = (await parse(raw)) if parse_is_async else parse(raw)
+                except Exception as exc:
+                    self._parse_failed(raw, exc)
+                    continue
+                if msg is None:
+                    counters.skipped += 1
+                    continue
+                if admit(msg):
+                    for target in match(msg):
+                        target.deliver(msg)
+                if pressure.crowded:
+                    pressure.crowded = False
+                    counters.pump_yields += 1
+                    await asyncio.sleep(0)
+        except ConnectionClosed as exc:
+            self._lost(conn, exc)
+
+    def _lost(self, conn: Link, exc: ConnectionClosed) -> None:
+        conn.closed_by = exc
+        self.last_error = exc
+        if conn.successor is None:
+            logger.warning("connection #{} lost: {}", conn.number, describe(exc))
+        else:
+            logger.info("connection #{} closed after recycle", conn.number)
 
     def _parse_failed(self, raw: str | bytes, exc: Exception) -> None:
         self._counters.parse_errors += 1

@@ -96,3 +96,15 @@ async def test_bad_arguments_name_the_value(server: FeedServer) -> None:
         feed.skip(1, "NOPE")
     with pytest.raises(ValueError, match="count"):
         await feed.publish(-1)
+
+
+async def test_a_snapshot_with_a_large_limit_is_the_whole_true_book(client: JsonClient, server: FeedServer) -> None:
+    """params {"limit": n} returns up to n levels a side; levels + 2 covers every price an update can touch."""
+    feed = DepthFeed(server, levels=3, seed=1)
+    await feed.publish(20)
+    assert len(feed.book("BTCUSDT")["bids"]) == 5  # updates grew the book past the default depth
+    reply = await client.request({"method": "depth.snapshot", "params": {"symbol": "BTCUSDT", "limit": 5}}, timeout=5)
+    assert book_from_snapshot(reply["result"]) == feed.book("BTCUSDT")
+    assert len(feed.snapshot("BTCUSDT")["bids"]) == 3 and len(feed.snapshot("BTCUSDT", limit=1)["asks"]) == 1
+    reply = await client.request({"method": "depth.snapshot", "params": {"symbol": "BTCUSDT", "limit": -1}}, timeout=5)
+    assert "limit must be an int >= 0, got int -1" in reply["error"]["message"]

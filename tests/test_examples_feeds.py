@@ -73,3 +73,19 @@ def test_bot_events_pauses_on_a_drop_and_resumes_on_reconnect() -> None:
         "closed",
         "quotes: 15, trades ignored while paused: 0",
     ]
+
+
+def test_order_book_matches_the_exchange_after_a_gap_a_drop_and_a_recycle() -> None:
+    """order_book.py repairs a gap, a drop and a recycle, and ends with both books equal to the true ones."""
+    lines = run_example("order_book.py").splitlines()
+    assert lines[:-1] == [
+        "connected: books from snapshots, then diffs",
+        "BTCUSDT skipped 3 updates: repaired from a new snapshot",
+        "connection dropped: reconnected, books from new snapshots",
+        "connection recycled while diffs streamed",
+        "BTCUSDT: local book equals the exchange's at update 1293",
+        "ETHUSDT: local book equals the exchange's at update 1301",
+        "event: gap in 'BTCUSDT': expected 1052, got 1060",
+        "gaps: 1, resyncs: 5, recycles: 1, reconnects: 1",
+    ]
+    assert re.fullmatch(r"dropped as sent twice: \d+, as older than a snapshot: [1-9]\d*", lines[-1])

@@ -20,6 +20,7 @@ from .._backoff import backoff_delays
 from .._client import AsyncWsStream
 from .._filters import compile_filters
 from .._options import Overflow, check_buffer
+from .._redact import traceback_of
 from .._streams import Stream
 from ..exceptions import StreamOverflow
 from ._common import BrokerError, default_collector
@@ -244,10 +245,10 @@ class SinkCore:
             markers = self._mark_losses(records)
             if markers and self._connected.is_set():
                 await self._deliver(_Batch(records, markers))
-        except Exception:
+        except Exception as exc:
             # Not a broker failure (those are retried): a bug. Logged now; close() raises it.
-            logger.opt(exception=True).error("{}: the publishing task failed; nothing more is published",
-                                             self._where)
+            logger.error("{}: the publishing task failed; nothing more is published\n{}",
+                         self._where, traceback_of(exc))
             raise
         finally:
             self._abandon()

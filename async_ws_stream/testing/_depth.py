@@ -56,8 +56,11 @@ class DepthFeed:
     On construction the feed routes ``{"method": "depth.snapshot", "params":
     {"symbol": S}}`` on ``server``, answered with ``{"lastUpdateId": N,
     "bids": [[price, qty], ...], "asks": [...]}`` (bids best first, asks best
-    first, ``levels`` of each) as the request's result. It replaces any
-    route of that name. An unknown symbol is answered with an error.
+    first, ``levels`` of each, or ``"limit"`` of each if the params say so, as
+    Binance's ``GET /api/v3/depth?limit=`` does) as the request's result. It
+    replaces any route of that name. An unknown symbol is answered with an error.
+    Updates touch at most ``levels + 2`` prices a side, so a snapshot with
+    ``"limit": levels + 2`` or more is the whole true book.
 
     Each update is a Binance diff event ``{"e": "depthUpdate", "E": ms, "s":
     symbol, "U": first, "u": last, "b": [[price, qty], ...], "a": [...]}``
@@ -118,11 +121,12 @@ class DepthFeed:
         """The id of the last update made to ``symbol``'s book."""
         return self._get(symbol).last_id
 
-    def snapshot(self, symbol: str) -> dict[str, Any]:
-        """``{"lastUpdateId", "bids", "asks"}`` of ``symbol`` now, ``levels`` best of each side."""
+    def snapshot(self, symbol: str, limit: int | None = None) -> dict[str, Any]:
+        """``{"lastUpdateId", "bids", "asks"}`` of ``symbol`` now, ``limit`` (default ``levels``) best of each side."""
         sym = self._get(symbol)
-        bids = sorted(sym.book["bids"].items(), key=lambda kv: float(kv[0]), reverse=True)[: self._levels]
-        asks = sorted(sym.book["asks"].items(), key=lambda kv: float(kv[0]))[: self._levels]
+        depth = self._levels if limit is None else check_count("DepthFeed.snapshot", limit, "limit")
+        bids = sorted(sym.book["bids"].items(), key=lambda kv: float(kv[0]), reverse=True)[:depth]
+        asks = sorted(sym.book["asks"].items(), key=lambda kv: float(kv[0]))[:depth]
         return {"lastUpdateId": sym.last_id, "bids": [list(kv) for kv in bids], "asks": [list(kv) for kv in asks]}
 
     # Updates and gaps
@@ -199,7 +203,7 @@ class DepthFeed:
         symbol = params.get("symbol") if isinstance(params, dict) else None
         if not isinstance(symbol, str):
             raise ValueError(f"depth.snapshot: params must be {{'symbol': name}}, got {params!r}")
-        return self.snapshot(symbol)
+        return self.snapshot(symbol, params.get("limit"))
 
     def _price(self, value: float) -> str:
         return f"{value:.2f}"
