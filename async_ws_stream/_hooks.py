@@ -13,6 +13,7 @@ import json
 from typing import Any, Generic, TypeVar
 
 from ._backoff import fatal_error
+from ._options import DEFAULT_FATAL_CLOSE_CODES
 from .exceptions import ConnectionRejected
 
 __all__ = ["ClientHooks"]
@@ -22,6 +23,9 @@ M = TypeVar("M")
 
 class ClientHooks(abc.ABC, Generic[M]):
     """The overridable side of a client: three hooks to implement, three with defaults."""
+
+    #: The client's ``fatal_close_codes=`` option, set by its constructor.
+    _fatal_close_codes: frozenset[int] = DEFAULT_FATAL_CLOSE_CODES
 
     @abc.abstractmethod
     async def _create_ws(self) -> Any:
@@ -43,7 +47,15 @@ class ClientHooks(abc.ABC, Generic[M]):
         """
 
     async def _on_connect(self, ws: Any) -> None:
-        """Run on every new connection before it carries traffic; talk to ``ws`` directly."""
+        """Run on every new connection before it carries traffic; talk to ``ws`` directly.
+
+        The connection is read only after this returns, so a reply must be read
+        here with ``await ws.recv()`` (a handshake: send ``connection_init``, read
+        ``connection_ack``). ``send``, ``request``, ``wait_for``, ``poll`` and
+        ``wait_connected`` raise at once if called here (the client ends: the same
+        call would fail on every connection); ``expect`` may be called here and
+        awaited after the hook.
+        """
 
     def _serialize(self, msg: Any) -> str | bytes:
         """Encode a non-``str``/``bytes`` message for :meth:`send` (default: compact JSON)."""
@@ -53,7 +65,8 @@ class ClientHooks(abc.ABC, Generic[M]):
         """Decide whether a connection failure ends the client instead of being retried.
 
         Return the error to end the client with, or None to retry. By default a
-        handshake answered 401/403, a close code 1008 or 4000-4999, an invalid
+        handshake answered 401/403, a close code in ``fatal_close_codes`` (by default
+        1008 and 4000-4999), an invalid
         URI, a TLS certificate that fails verification and a programming error
         in a hook (``TypeError``, ``AttributeError``, ...) are fatal
         (see :func:`async_ws_stream._backoff.fatal_error`).
@@ -63,4 +76,4 @@ class ClientHooks(abc.ABC, Generic[M]):
         ``ConnectionClosed``). The returned error is what streams end with and
         what ``send``/``request``/``wait_connected`` raise from then on.
         """
-        return fatal_error(exc)
+        return fatal_error(exc, close_codes=self._fatal_close_codes)
