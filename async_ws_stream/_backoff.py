@@ -313,7 +313,8 @@ class RetryPolicy:
             fatal.__cause__ = cause
             return GiveUp(fatal)
         if self.max_retries is not None and self.attempts >= self.max_retries:
-            error = RetriesExhausted(f"gave up after {self.attempts} retries; last failure: {describe(cause)}")
+            retries = "1 retry" if self.attempts == 1 else f"{self.attempts} retries"
+            error = RetriesExhausted(f"gave up after {retries}; last failure: {describe(cause)}")
             error.__cause__ = cause
             return GiveUp(error)
         self.attempts += 1
