@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import copy as _copy
 import enum
+import sys
 from collections import deque
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -218,7 +219,8 @@ class Feed(Generic[M]):
         """
         if self._state is not _OPEN:
             return
-        loop = self._loop or self._home
+        # Made outside a loop and never awaited: the loop running here, if any, is the one.
+        loop = self._loop or self._home or asyncio._get_running_loop()
         if loop is not None and not loop.is_closed():
             try:
                 loop.call_soon_threadsafe(self._abandoned)
@@ -311,7 +313,8 @@ class Stream(Generic[M]):
 
     def __del__(self) -> None:
         feed = getattr(self, "_feed", None)  # absent if __init__ failed
-        if feed is not None and feed._state is _OPEN:
+        # At interpreter exit nothing reads the feed any more, and logging may be gone.
+        if feed is not None and feed._state is _OPEN and not sys.is_finalizing():
             feed.abandon()
 
     def __repr__(self) -> str:

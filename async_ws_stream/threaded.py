@@ -33,6 +33,7 @@ from loguru import logger
 
 from ._blocking import BATCH_SIZE, BlockingStream, Default
 from ._events import Event
+from ._filters import Filters
 from ._options import DEFAULT_EVENTS_MAXSIZE, DEFAULT_HANDLER_MAXSIZE, DEFAULT_REQUEST_TIMEOUT, Overflow, check_timeout
 from ._streams import Stream
 from .exceptions import ClientClosed
@@ -50,7 +51,7 @@ class AsyncClient(Protocol[M]):
 
     def stream_filter(
         self,
-        filters: Sequence[Mapping[Any, Any]] | None = None,
+        filters: Filters = None,
         *,
         maxsize: int | None = None,
         overflow: Overflow | None = None,
@@ -60,8 +61,9 @@ class AsyncClient(Protocol[M]):
     def add_handler(
         self,
         fn: Callable[[M], Any],
-        filters: Sequence[Mapping[Any, Any]] | None = None,
+        filters: Filters = None,
         *,
+        copy: bool = False,
         maxsize: int = DEFAULT_HANDLER_MAXSIZE,
         overflow: Overflow = "drop_oldest",
     ) -> None: ...
@@ -247,7 +249,7 @@ class ThreadedClient(Generic[M]):
 
     def stream_filter(
         self,
-        filters: list[Mapping[Any, Any]] | None = None,
+        filters: Filters = None,
         *,
         maxsize: int | None = None,
         overflow: Overflow | None = None,
@@ -298,8 +300,9 @@ class ThreadedClient(Generic[M]):
     def add_handler(
         self,
         fn: Callable[[M], Any],
-        filters: list[Mapping[Any, Any]] | None = None,
+        filters: Filters = None,
         *,
+        copy: bool = False,
         maxsize: int = DEFAULT_HANDLER_MAXSIZE,
         overflow: Overflow = "drop_oldest",
     ) -> None:
@@ -312,7 +315,7 @@ class ThreadedClient(Generic[M]):
             TypeError, ValueError: a malformed filter or option.
             ClientClosed: after :meth:`exit`.
         """
-        self._call_sync(lambda: self.client.add_handler(fn, filters, maxsize=maxsize, overflow=overflow))
+        self._call_sync(lambda: self.client.add_handler(fn, filters, copy=copy, maxsize=maxsize, overflow=overflow))
 
     def remove_handler(self, fn: Callable[[M], Any]) -> None:
         """Remove a handler as :meth:`AsyncWsStream.remove_handler` does.
