@@ -15,7 +15,7 @@ The rooms, one idea each (the README's "How it is built" says more)::
     _backoff.py       pure: RetryPolicy and the delays; which failures are fatal
     _conversation.py  request, expect, wait_for, poll
     _consumers.py     the registry of streams and handlers
-    _streams.py       Stream: bounded buffer, overflow policy, close; the handlers
+    _streams.py       Stream (the consumer's handle) over its Feed (buffer, overflow policy); the handlers
     _filters.py       pure: compiled filters, the plain definition of a match
     _dispatch.py      pure: the index that routes each message to its targets
     _sequences.py     pure: per-key sequence numbers, duplicate/gap verdicts, what a resync holds
@@ -27,6 +27,8 @@ The rooms, one idea each (the README's "How it is built" says more)::
     metrics.py        instrument(): Prometheus export (extra 'prometheus')
     _events.py        the lifecycle events a bot watches (Connected, Disconnected, ...)
     _redact.py        log-safe text: URLs cut to host and port
+    _scopes.py        the context a hook runs in: no conversations in _on_connect; streams a trigger owns
+    _compat.py        the older package's spellings (_filters=, wait_enter_handing_ws, ...)
     threaded.py       start_in_thread's handle; _blocking.py its blocking streams
     transports/       websockets_connect, picows_connect
     testing/          FeedServer, FaultProxy, DepthFeed for tests

@@ -15,7 +15,7 @@ import math
 import random as _random
 import re
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -27,6 +27,7 @@ from ._options import (
     DEFAULT_BACKOFF_INITIAL,
     DEFAULT_BACKOFF_JITTER,
     DEFAULT_BACKOFF_MAX,
+    DEFAULT_FATAL_CLOSE_CODES,
     DEFAULT_STABLE_AFTER,
     check_int,
     check_number,
@@ -43,6 +44,7 @@ __all__ = [
     "FATAL_STATUSES",
     "MAX_RETRY_AFTER",
     "GiveUp",
+    "HookMisuse",
     "Retry",
     "RetryPolicy",
     "backoff_delays",
@@ -51,7 +53,7 @@ __all__ = [
 ]
 
 FATAL_STATUSES = frozenset({401, 403})
-FATAL_CLOSE_CODES = frozenset({1008})  # plus the application range 4000-4999
+FATAL_CLOSE_CODES = DEFAULT_FATAL_CLOSE_CODES  # 1008 and the application range 4000-4999
 
 # A Retry-After longer than this is taken as this: a server (or a proxy in front
 # of it) that asks for days would otherwise park the client silently for days.
@@ -87,22 +89,33 @@ def backoff_delays(
         base = min(base * factor, maximum)
 
 
+class HookMisuse(RuntimeError):
+    """A hook used the client in a way that can never work (``wait_for`` inside ``_on_connect``).
+
+    Fatal, like a programming error: every attempt would fail the same way.
+    """
+
+
 # Raised by code, not by the network: a bug in a hook, or a dependency that is not
 # installed. The same call fails the same way on every attempt.
-_PROGRAMMING_ERRORS = (TypeError, AttributeError, NameError, NotImplementedError, ImportError)
+_PROGRAMMING_ERRORS = (TypeError, AttributeError, NameError, NotImplementedError, ImportError, HookMisuse)
 
 
-def fatal_error(exc: BaseException) -> ConnectionRejected | None:
+def fatal_error(
+    exc: BaseException, *, close_codes: Container[int] = DEFAULT_FATAL_CLOSE_CODES
+) -> ConnectionRejected | None:
     """Return the error to end the client with when ``exc`` must not be retried, else None.
 
     These will not get better by retrying, so they end the client at once:
 
     * a handshake answered 401 or 403 (bad credentials, banned key);
-    * a close code 1008 or 4000-4999 (the server's own "go away");
+    * a close code in ``close_codes`` (the client's ``fatal_close_codes``; by default
+      1008 and 4000-4999, the server's own "go away");
     * an invalid URI (``http://...``, a typo), and a TLS certificate that fails
       verification;
     * a programming error raised by a hook (``TypeError``, ``AttributeError``,
-      ``NameError``, ``NotImplementedError``, ``ImportError``).
+      ``NameError``, ``NotImplementedError``, ``ImportError``), or a hook that used the
+      client where it cannot work (:class:`HookMisuse`).
 
     Everything else (network errors, timeouts, 5xx, 429, other closes) is retried.
     """
@@ -131,10 +144,10 @@ def fatal_error(exc: BaseException) -> ConnectionRejected | None:
         return None
     if isinstance(exc, ConnectionClosed):
         frame = exc.rcvd
-        if frame is not None and (frame.code in FATAL_CLOSE_CODES or 4000 <= frame.code <= 4999):
+        if frame is not None and frame.code in close_codes:
             return ConnectionRejected(
                 f"server closed the connection with code {frame.code} ({frame.reason or 'no reason'}); "
-                "override _is_fatal() to keep retrying",
+                "leave it out of fatal_close_codes= (or override _is_fatal()) to keep retrying",
                 close_code=frame.code,
             )
     return None
@@ -300,7 +313,8 @@ class RetryPolicy:
             fatal.__cause__ = cause
             return GiveUp(fatal)
         if self.max_retries is not None and self.attempts >= self.max_retries:
-            error = RetriesExhausted(f"gave up after {self.attempts} retries; last failure: {describe(cause)}")
+            retries = "1 retry" if self.attempts == 1 else f"{self.attempts} retries"
+            error = RetriesExhausted(f"gave up after {retries}; last failure: {describe(cause)}")
             error.__cause__ = cause
             return GiveUp(error)
         self.attempts += 1

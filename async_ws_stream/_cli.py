@@ -9,7 +9,8 @@ TEMPLATE`` also publish them to a broker.
 Exit codes: 0 after ``--count`` messages, or when the reader of stdout goes away
 (``| head``); 1 when the client gives up (``--max-retries`` ran out, or the server
 refused us for good) or a stream overflowed; 2 for a bad argument (argparse);
-130 on Ctrl-C.
+130 on Ctrl-C; 143 on SIGTERM, which ends the client as Ctrl-C does (close frame,
+``--stats``).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -36,17 +38,20 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
+    "EXIT_TERMINATED",
     "CliClient",
     "ConnectOptions",
     "detach_stdout",
     "parse_json",
     "parse_json_object",
     "run_connect",
+    "run_until_terminated",
 ]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 # Bounds the handshake of each attempt; a hung handshake is a failed attempt, retried with backoff.
 OPEN_TIMEOUT = 10.0
@@ -109,7 +114,7 @@ def run_connect(options: ConnectOptions) -> int:
     """Run ``connect`` until ``--count`` messages, a fatal error, Ctrl-C or a closed stdout; return the exit code."""
     _configure_logging(options.verbose)
     try:
-        return asyncio.run(_connect(options, sys.stdout.buffer, sys.stderr))
+        return asyncio.run(run_until_terminated(_connect(options, sys.stdout.buffer, sys.stderr)))
     except KeyboardInterrupt:
         # asyncio.run turned the first Ctrl-C into a cancellation, so the client has
         # already closed its connection with a close frame.
@@ -117,6 +122,41 @@ def run_connect(options: ConnectOptions) -> int:
     except BrokenPipeError:
         detach_stdout()
         return EXIT_OK
+
+
+async def run_until_terminated(main: Coroutine[Any, Any, int]) -> int:
+    """Await ``main`` in this task; a SIGTERM cancels it as Ctrl-C does, and then the result is 143.
+
+    ``main``'s ``finally`` clauses run as for a Ctrl-C (the client's ``exit()``: a
+    close frame; ``--stats``), so ``kill``, ``docker stop`` and systemd end it
+    cleanly. Where signal handlers cannot be installed (not the main thread,
+    Windows), SIGTERM keeps its default action.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    terminated = False
+
+    def on_sigterm() -> None:
+        nonlocal terminated
+        terminated = True
+        task.cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+        installed = True
+    except (NotImplementedError, RuntimeError, ValueError):
+        installed = False
+    try:
+        return await main
+    except asyncio.CancelledError:
+        # Our own cancellation, and nobody else's pending: the run is over, by request.
+        if terminated and task.uncancel() == 0:
+            return EXIT_TERMINATED
+        raise
+    finally:
+        if installed:
+            loop.remove_signal_handler(signal.SIGTERM)
 
 
 @dataclass

@@ -14,19 +14,20 @@ from __future__ import annotations
 import asyncio
 import copy
 import enum
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from loguru import logger
 
 from ._backoff import RetryPolicy
+from ._compat import OlderNames, one_of
 from ._consumers import Consumers
 from ._conversation import Conversations, Conversing
-from ._counters import Counters
+from ._counters import Counters, report
 from ._dispatch import Index, Target
 from ._events import Closed, Event, GaveUp
+from ._filters import Filters
 from ._hooks import ClientHooks
 from ._lifecycle import Tasks, running_loop
 from ._options import (
@@ -35,15 +36,21 @@ from ._options import (
     DEFAULT_BACKOFF_JITTER,
     DEFAULT_BACKOFF_MAX,
     DEFAULT_EVENTS_MAXSIZE,
+    DEFAULT_FATAL_CLOSE_CODES,
     DEFAULT_HANDLER_MAXSIZE,
     DEFAULT_MAXSIZE,
     DEFAULT_SEND_TIMEOUT,
     DEFAULT_STABLE_AFTER,
+    IDLE_COUNTS,
+    IdleCounts,
     Overflow,
     check_buffer,
+    check_choice,
+    check_close_codes,
     check_number,
 )
 from ._redact import describe, traceback_of
+from ._scopes import check_not_in_on_connect
 from ._sequencer import sequence_stats, wire_sequences
 from ._streams import Pressure, Stream
 from ._supervisor import Link, State, Supervisor
@@ -61,7 +68,7 @@ class _Default(enum.Enum):
     SEND_TIMEOUT = "send_timeout"
 
 
-class AsyncWsStream(Conversing[M], ClientHooks[M]):
+class AsyncWsStream(OlderNames, Conversing[M], ClientHooks[M]):
     """One websocket connection, kept alive, as any number of filtered message streams.
 
     Subclass it and implement three hooks:
@@ -96,6 +103,11 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
     Args:
         idle_timeout: Seconds without a data frame after which the connection is
             treated as dead and replaced. None (default) disables the watchdog.
+        idle_counts: What keeps a connection alive for ``idle_timeout``: ``"data"``
+            (default: data frames only) or ``"pongs"`` (also a pong to the ping the
+            watchdog sends when data has been quiet ``idle_timeout``, for servers that
+            keep a quiet channel open with pings; on a transport without ``ping()``,
+            data frames only, with a warning).
         maxsize: Default buffer size of new streams.
         overflow: Default overflow policy of new streams: ``"error"``,
             ``"drop_oldest"`` or ``"drop_newest"``.
@@ -107,6 +119,8 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
             reconnect or a recycle's successor) allowed before giving up with
             :exc:`RetriesExhausted`; None retries forever.
         stable_after: Seconds a connection must stay up for the backoff to reset.
+        fatal_close_codes: Close codes that end the client instead of being retried
+            (default 1008 and 4000-4999); a set of ints 1000-4999.
         send_timeout: Default timeout of :meth:`send`, including the wait for a
             connection. None waits forever.
 
@@ -119,6 +133,7 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
         *,
         # Liveness
         idle_timeout: float | None = None,
+        idle_counts: IdleCounts = "data",
         # Stream defaults
         maxsize: int = DEFAULT_MAXSIZE,
         overflow: Overflow = "error",
@@ -129,6 +144,7 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
         backoff_jitter: float = DEFAULT_BACKOFF_JITTER,
         max_retries: int | None = None,
         stable_after: float = DEFAULT_STABLE_AFTER,
+        fatal_close_codes: frozenset[int] | set[int] | range | tuple[int, ...] = DEFAULT_FATAL_CLOSE_CODES,
         # Sending
         send_timeout: float | None = DEFAULT_SEND_TIMEOUT,
     ) -> None:
@@ -138,6 +154,8 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
             check_number(name, "idle_timeout", idle_timeout, positive=True)
         if send_timeout is not None:
             check_number(name, "send_timeout", send_timeout, positive=True)
+        check_choice(name, "idle_counts", idle_counts, IDLE_COUNTS)
+        self._fatal_close_codes = check_close_codes(name, fatal_close_codes)
         policy = RetryPolicy(
             initial=backoff_initial, factor=backoff_factor, maximum=backoff_max, jitter=backoff_jitter,
             max_retries=max_retries, stable_after=stable_after, is_fatal=self._is_fatal, where=name,
@@ -163,7 +181,8 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
                                                             self._tasks, policy)
         self._supervisor = Supervisor(
             self, index=index, counters=self._counters, pressure=pressure, policy=policy,
-            idle_timeout=idle_timeout, on_closed=self._conversations.connection_closed, emit=self._emit, admit=admit,
+            idle_timeout=idle_timeout, idle_counts=idle_counts, on_closed=self._conversations.connection_closed,
+            emit=self._emit, admit=admit,
         )
         if running_loop() is not None:
             self._start()
@@ -265,26 +284,33 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
 
     def stream_filter(
         self,
-        filters: Sequence[Mapping[Any, Any]] | None = None,
+        filters: Filters = None,
         *,
         maxsize: int | None = None,
         overflow: Overflow | None = None,
         copy: bool = False,
         events: bool = False,
         gaps: bool = False,
+        _filters: Filters = None,
     ) -> Stream[M]:
         """Return a new stream of the messages matching ``filters``, from now on.
 
+        A stream its consumer no longer references is closed and unregistered
+        (see :class:`Stream`); one made inside ``_when2create_new_ws`` ends when that
+        call returns or raises.
+
         Args:
-            filters: A list of dicts; a message matches when every key/value of any
-                one dict equals the message's. None or [] matches everything. A tuple
-                key is a path into nested mappings; a callable value is a predicate.
+            filters: A list of dicts (or one dict); a message matches when every key/value
+                of any one dict equals the message's. None or [] matches everything. A
+                tuple key is a path into nested mappings; a callable value is a predicate;
+                a callable item is a predicate on the whole message.
             maxsize: Buffer size (default: the client's).
             overflow: What a full buffer does (default: the client's).
             copy: Give this stream deep copies instead of the shared message.
             events: Also carry the lifecycle events (``Connected``, ``Disconnected``,
                 ...) in-band, each at the point of the message flow where it happened.
             gaps: Carry the ``Gap`` events (see ``_sequence``) in-band, without the others.
+            _filters: The older package's name of ``filters``.
 
         Raises:
             TypeError, ValueError: a malformed filter or option, named in the message.
@@ -292,7 +318,7 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
         """
         self._check_open("stream_filter")
         stream = self._consumers.add_stream(
-            filters,
+            one_of("stream_filter", "filters", filters, "_filters", _filters),
             maxsize=self._maxsize if maxsize is None else maxsize,
             overflow=self._overflow if overflow is None else overflow,
             copy=copy,
@@ -322,15 +348,19 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
 
     def add_handler(
         self,
-        fn: Callable[[M], Any],
-        filters: Sequence[Mapping[Any, Any]] | None = None,
+        fn: Callable[[M], Any] | None = None,
+        filters: Filters = None,
         *,
+        copy: bool = False,
         maxsize: int = DEFAULT_HANDLER_MAXSIZE,
         overflow: Overflow = "drop_oldest",
+        function_or_coroutine_function: Callable[[M], Any] | None = None,
     ) -> None:
-        """Call ``fn(msg)`` for every matching message.
+        """Call ``fn(msg)`` for every matching message (``filters`` as for :meth:`stream_filter`).
 
-        A plain function is called inline by the pump, in arrival order, and must
+        Handlers share the message object with every stream; ``copy=True`` gives
+        ``fn`` a deep copy to change. ``function_or_coroutine_function`` is the older
+        package's name of ``fn``. A plain function is called inline by the pump, in arrival order, and must
         be quick. A coroutine function runs in its own task, one message at a time,
         in arrival order, behind a buffer of ``maxsize`` messages (``overflow``:
         ``"drop_oldest"`` or ``"drop_newest"``; drops are counted). Exceptions are
@@ -338,7 +368,10 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
         do not stop the handler.
         """
         self._check_open("add_handler")
-        handler = self._consumers.add_handler(fn, filters, maxsize=maxsize, overflow=overflow)
+        fn = one_of("add_handler", "fn", fn, "function_or_coroutine_function", function_or_coroutine_function,
+                    required=True)
+        assert fn is not None
+        handler = self._consumers.add_handler(fn, filters, maxsize=maxsize, overflow=overflow, copy=copy)
         if handler is not None and self._tasks.started:
             handler.task = self._tasks.spawn(handler.run(), f"handler {fn!r}")
 
@@ -373,6 +406,7 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
 
     async def _wait_link(self, timeout: float | None, what: str) -> Link:
         self._check_open(what)
+        check_not_in_on_connect(what)
         if not self._tasks.started:
             self._start()
         gate = self._supervisor.gate
@@ -427,49 +461,19 @@ class AsyncWsStream(Conversing[M], ClientHooks[M]):
     # -- state -----------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """Return counters and a snapshot of every stream, as a fresh dict.
-
-        Keys: ``connects``, ``reconnects``, ``recycles``, ``recycle_failures`` (attempts
-        to open a recycle's new connection that failed; each is also a retry), ``retries``,
-        ``frames``, ``messages``, ``parse_errors``, ``skipped`` (frames parsed to None),
-        ``handler_errors``, ``predicate_errors``, ``pump_yields`` (times the pump paused
-        in the middle of a read so that woken consumers could drain buffers that were
-        half full), ``pending`` (``expect``/``wait_for``/``request``/``poll`` waits not
-        yet settled), ``dropped`` (by every stream and handler, closed ones included),
-        ``last_frame_age`` (seconds, or None with no connection), ``connected``, ``state``
-        (``"new"``, ``"connecting"``, ``"connected"``, ``"backoff"``, ``"failed"`` or
-        ``"closed"``), ``last_error`` (the last failure to open or keep a connection,
-        redacted, or None), ``streams`` (a list of ``{"filters", "queued", "dropped"}``),
-        and with a ``_sequence`` hook (else 0): ``duplicates``, ``gaps``, ``resyncs``, ``resync_errors``,
-        ``resync_discarded``, ``sequence_errors``, ``held``, ``held_dropped``.
-        """
-        c = self._counters
+        """Return counters and a snapshot of every stream, as a fresh dict (keys: :func:`~._counters.report`)."""
         supervisor = self._supervisor
         conn = supervisor.current
         last = supervisor.last_error
-        return {
-            "state": State.CLOSED.value if self._tasks.closing else supervisor.state.value,
-            "connected": conn is not None,
-            "connection": None if conn is None else conn.number,
-            "connects": c.connects,
-            "reconnects": c.reconnects,
-            "recycles": c.recycles,
-            "recycle_failures": c.recycle_failures,
-            "retries": c.retries,
-            "frames": c.frames,
-            "messages": c.frames - c.parse_errors - c.skipped,
-            "parse_errors": c.parse_errors,
-            "skipped": c.skipped,
-            "handler_errors": c.handler_errors,
-            "predicate_errors": c.predicate_errors,
-            "pump_yields": c.pump_yields,
-            "pending": len(self._conversations),
-            "dropped": c.dropped,
-            "last_frame_age": None if conn is None else time.monotonic() - conn.last_frame,
-            "last_error": None if last is None else describe(last),
-            "streams": self._consumers.snapshot(),
-            **sequence_stats(c, self._sequencer),
-        }
+        return report(
+            self._counters,
+            state=State.CLOSED.value if self._tasks.closing else supervisor.state.value,
+            connection=None if conn is None else conn.number,
+            last_frame=None if conn is None else conn.last_frame,
+            last_error=None if last is None else describe(last),
+            pending=len(self._conversations),
+            streams=self._consumers.snapshot(),
+        ) | sequence_stats(self._counters, self._sequencer)
 
     @classmethod
     def start_in_thread(cls, *args: Any, **kwargs: Any) -> ThreadedClient[M]:

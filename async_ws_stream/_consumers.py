@@ -11,15 +11,16 @@ async handlers, which it owns.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from ._counters import Counters
 from ._dispatch import Index, Subscription, Target
 from ._events import Event, Gap
-from ._filters import compile_filters
+from ._filters import Filters, compile_filters
 from ._options import Overflow, check_buffer
-from ._streams import AsyncHandler, Pressure, Stream, SyncHandler, TimedStream
+from ._scopes import recycle_trigger
+from ._streams import AsyncHandler, Feed, Pressure, Stream, SyncHandler, TimedStream
 
 __all__ = ["Consumers"]
 
@@ -35,20 +36,21 @@ class Consumers(Generic[M]):
         self._index = index
         self._counters = counters
         self._pressure = pressure
-        self._streams: dict[Stream[M], Subscription[Target]] = {}
+        # Feeds, not the Streams their consumers hold: see Feed.
+        self._streams: dict[Feed[M], Subscription[Target]] = {}
         self._handlers: list[tuple[Callable[[M], Any], Handler, Subscription[Target]]] = []
         # Streams that receive lifecycle events: events() streams, and message
         # streams made with events=True. A dict, as an ordered set.
-        self._event_streams: dict[Stream[Any], None] = {}
-        self._events_only: set[Stream[Any]] = set()
+        self._event_streams: dict[Feed[Any], None] = {}
+        self._events_only: set[Feed[Any]] = set()
         # Message streams made with gaps=True (and not events=True): Gap events only.
-        self._gap_streams: dict[Stream[Any], None] = {}
+        self._gap_streams: dict[Feed[Any], None] = {}
         # Set by metrics.instrument(): streams made from then on report their lag.
         self._on_wait: Callable[[float], None] | None = None
 
     def add_stream(
         self,
-        filters: Sequence[Mapping[Any, Any]] | None,
+        filters: Filters,
         *,
         maxsize: int,
         overflow: Overflow,
@@ -65,11 +67,15 @@ class Consumers(Generic[M]):
         )
         stream: Stream[M] = Stream(filters, **options) if self._on_wait is None \
             else TimedStream(filters, on_wait=self._on_wait, **options)
-        self._streams[stream] = self._index.add(clauses, stream)
+        feed = stream._feed
+        self._streams[feed] = self._index.add(clauses, feed)
+        trigger = recycle_trigger()
+        if trigger is not None:  # made by _when2create_new_ws: it ends with that call
+            trigger.streams.append(feed)
         if events:
-            self._event_streams[stream] = None
+            self._event_streams[feed] = None
         elif gaps:
-            self._gap_streams[stream] = None
+            self._gap_streams[feed] = None
         return stream
 
     def add_events(self, maxsize: int) -> Stream[Event]:
@@ -79,8 +85,8 @@ class Consumers(Generic[M]):
             "events", maxsize=maxsize, overflow="drop_oldest", copy=False,
             counters=self._counters, on_close=self._forget_stream,
         )
-        self._event_streams[stream] = None
-        self._events_only.add(stream)
+        self._event_streams[stream._feed] = None
+        self._events_only.add(stream._feed)
         return stream
 
     def watch_lag(self, on_wait: Callable[[float], None], on_message: Callable[[Any], None] | None) -> None:
@@ -89,7 +95,7 @@ class Consumers(Generic[M]):
         if on_message is not None:
             self._index.add((), _Probe(on_message))
 
-    def _forget_stream(self, stream: Stream[Any]) -> None:
+    def _forget_stream(self, stream: Feed[Any]) -> None:
         subscription = self._streams.pop(stream, None)
         if subscription is not None:
             self._index.remove(subscription)
@@ -108,10 +114,11 @@ class Consumers(Generic[M]):
     def add_handler(
         self,
         fn: Callable[[M], Any],
-        filters: Sequence[Mapping[Any, Any]] | None,
+        filters: Filters,
         *,
         maxsize: int,
         overflow: Overflow,
+        copy: bool = False,
     ) -> AsyncHandler | None:
         """Register a handler (arguments checked here); return it if it is async.
 
@@ -126,13 +133,13 @@ class Consumers(Generic[M]):
         clauses = compile_filters(filters, argname="add_handler: filters")
         if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None)):
             stream: Stream[Any] = Stream(
-                filters, maxsize=maxsize, overflow=overflow, copy=False,
+                filters, maxsize=maxsize, overflow=overflow, copy=copy,
                 counters=self._counters, pressure=self._pressure,
             )
             handler = AsyncHandler(fn, stream, self._counters)
-            self._handlers.append((fn, handler, self._index.add(clauses, stream)))
+            self._handlers.append((fn, handler, self._index.add(clauses, stream._feed)))
             return handler
-        sync = SyncHandler(fn, self._counters)
+        sync = SyncHandler(fn, self._counters, copy=copy)
         self._handlers.append((fn, sync, self._index.add(clauses, sync)))
         return None
 

@@ -23,6 +23,7 @@ from ._expect import Expectation
 from ._filters import Clause, OnError, compile_condition
 from ._options import DEFAULT_REQUEST_TIMEOUT, check_int, check_number, check_timeout
 from ._redact import describe
+from ._scopes import check_not_in_on_connect
 from ._supervisor import Link
 from .exceptions import Alarm, ConnectionLost, RetriesExhausted, Timeout
 
@@ -309,7 +310,12 @@ class Conversing(Generic[M]):
 
         Registers at the call, like :meth:`expect`, whose arguments and errors it
         shares. Cancelling it is safe: the expectation is unregistered at once.
+
+        Raises:
+            HookMisuse: called inside ``_on_connect``, whose connection is not read
+                until it returns (read the reply there with ``await ws.recv()``).
         """
+        check_not_in_on_connect("wait_for")
         return await self.expect(until, alarms=alarms, timeout=timeout)
 
     async def poll(

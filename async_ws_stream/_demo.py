@@ -9,8 +9,10 @@ errors and drops, so the recovery is visible as it happens.
 
 Every number shown is real: counters come from the client's ``stats()`` and the
 streams' own ``dropped``/``queued``; message counts are those of the consumers.
-Faults go through FeedServer's fault methods (``drop``, ``stall``,
-``send_garbage``) and the client's own ``_when2create_new_ws`` (recycle).
+The connection's state and each recovery's timing come from ``client.events()``,
+as a bot would watch them. Faults go through FeedServer's fault methods (``drop``,
+``stall``, ``send_garbage``) and the client's own ``_when2create_new_ws`` (recycle).
+The live view fits an 80x24 terminal.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from typing import IO, Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from ._cli import detach_stdout
+from ._cli import detach_stdout, run_until_terminated
 from ._client import AsyncWsStream
+from ._events import Connected, Disconnected, Event, Recycled, Retrying
 from ._streams import Stream
 from .testing import FeedServer
 
@@ -44,6 +47,7 @@ SLOW_CONSUMER_MAXSIZE = 50
 RATE_SAMPLE = 0.25  # seconds between two samples of a consumer's count
 RATE_WINDOW = 9  # samples kept: rates are over the last two seconds
 RECOVERY_PATIENCE = 10.0  # seconds the fault schedule waits for a recovery before it says so
+WIDTH = 79  # columns of the live view: an 80-column terminal never wraps it
 
 SYMBOLS = {"BTCUSDT": 64_000.0, "ETHUSDT": 3_100.0, "SOLUSDT": 145.0, "BNBUSDT": 590.0, "XRPUSDT": 0.52}
 
@@ -166,6 +170,13 @@ class _Demo:
         self.fault_every = fault_every
         self.started = time.monotonic()
         self.published = 0
+        self.received = 0  # feed messages that reached the client
+        self.state = "connecting"
+        self.connected = False
+        self.number = 0  # the connection that carries messages now
+        # The event kind the fault schedule waits for, and the future it waits on.
+        self._awaited: tuple[type, asyncio.Future[None]] | None = None
+        self.events_stream: Stream[Event] = client.events()
         self.last_prices: dict[str, str] = {}
         self.events: deque[_Event] = deque(maxlen=6)
         self.new_events: list[_Event] = []
@@ -180,10 +191,27 @@ class _Demo:
                 [{"e": "depthUpdate"}], maxsize=SLOW_CONSUMER_MAXSIZE, overflow="drop_oldest"),
                 delay=SLOW_CONSUMER_DELAY),
         ]
-        client.add_handler(self._on_trade, [{"e": "trade"}])
+        client.add_handler(self._on_trade, {"e": "trade"})
+        client.add_handler(self._on_feed, [{"e": "trade"}, {"e": "depthUpdate"}])
 
     def _on_trade(self, msg: dict[str, Any]) -> None:
         self.last_prices[msg["s"]] = msg["p"]
+
+    def _on_feed(self, msg: dict[str, Any]) -> None:
+        self.received += 1
+
+    async def watch_events(self) -> None:
+        """The connection's state, and the end of each recovery, from the client's events."""
+        async for event in self.events_stream:
+            if isinstance(event, Connected):
+                self.connected, self.state, self.number = True, f"connected (#{event.number})", event.number
+            elif isinstance(event, Disconnected):
+                self.connected, self.state = False, f"reconnecting (#{event.number} lost)"
+            elif isinstance(event, Retrying):
+                self.state = f"retry {event.attempt} in {event.delay:.2f}s"
+            awaited = self._awaited
+            if awaited is not None and isinstance(event, awaited[0]) and not awaited[1].done():
+                awaited[1].set_result(None)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -205,66 +233,78 @@ class _Demo:
             await asyncio.sleep(max(0.0, due - loop.time()))
 
     async def inject_faults(self) -> None:
-        faults: list[tuple[str, Callable[[], Any], str]] = [
-            ("abrupt drop (no close frame)", self.server.drop, "connects"),
-            (f"stall (socket open, silent; idle_timeout={IDLE_TIMEOUT}s)", self.server.stall, "connects"),
-            ("recycle (_when2create_new_ws returned)", self.client.recycle_now.set, "recycles"),
-            ("garbage frames (not JSON)", lambda: self.server.send_garbage(2), "parse_errors"),
+        faults: list[tuple[str, Callable[[], Any], type | None]] = [
+            ("abrupt drop (no close frame)", self.server.drop, Connected),
+            (f"stall (socket open, silent; idle_timeout={IDLE_TIMEOUT}s)", self.server.stall, Connected),
+            ("recycle (_when2create_new_ws returned)", self.client.recycle_now.set, Recycled),
+            ("garbage frames (not JSON)", lambda: self.server.send_garbage(2), None),
         ]
         n = 0
         while True:
             await asyncio.sleep(self.fault_every)
-            name, inject, counter = faults[n % len(faults)]
+            name, inject, until = faults[n % len(faults)]
             n += 1
-            before = self.client.stats()[counter]
+            before = self.client.stats()["parse_errors"]
             t0 = time.monotonic()
             self.note(f"fault: {name}")
-            result = inject()
-            if asyncio.iscoroutine(result):
-                await result
-            await self._recovered(counter, before, t0)
+            if until is None:
+                await self._garbage(inject, before)
+                continue
+            # Armed before the fault, so that a recovery faster than this task cannot be missed.
+            done = asyncio.get_running_loop().create_future()
+            self._awaited = (until, done)
+            try:
+                result = inject()
+                if asyncio.iscoroutine(result):
+                    await result
+                async with asyncio.timeout(RECOVERY_PATIENCE):
+                    await done
+            except TimeoutError:
+                self.note(f"not recovered after {RECOVERY_PATIENCE:g}s; still trying")
+                continue
+            finally:
+                self._awaited = None
+            took = time.monotonic() - t0
+            if until is Connected:
+                self.note(f"recovered: reconnected in {took:.2f}s, connection #{self.number}")
+            else:
+                self.note(f"recovered: new connection in {took:.2f}s, old one read to its end")
 
-    async def _recovered(self, counter: str, before: int, t0: float) -> None:
-        # Polled, not hooked: the demo watches the same stats() a user would.
+    async def _garbage(self, inject: Callable[[], Any], before: int) -> None:
+        """Send garbage, then a marker: once the marker is back, every garbage frame was counted."""
+        marker = {"demo": "marker", "n": time.monotonic()}
+        back = self.client.expect(marker, timeout=RECOVERY_PATIENCE)
+        await inject()
+        await self.server.broadcast(marker)
         try:
-            async with asyncio.timeout(RECOVERY_PATIENCE):
-                while True:
-                    stats = self.client.stats()
-                    if stats[counter] > before and stats["connected"]:
-                        break
-                    await asyncio.sleep(0.01)
+            await back
         except TimeoutError:
             self.note(f"not recovered after {RECOVERY_PATIENCE:g}s; still trying")
             return
-        took = time.monotonic() - t0
-        if counter == "connects":
-            self.note(f"recovered: reconnected in {took:.2f}s (reconnects {stats['reconnects']})")
-        elif counter == "recycles":
-            self.note(f"recovered: new connection in {took:.2f}s, old one read to its end (no gap)")
-        else:
-            self.note(f"recovered: {stats['parse_errors'] - before} frames counted as parse errors, "
-                      "connection kept")
+        errors = self.client.stats()["parse_errors"] - before
+        self.note(f"recovered: {errors} frames counted as parse errors, connection kept")
 
     # -- the view ------------------------------------------------------------------------
 
     def frame(self) -> list[str]:
+        """The live view: at most 20 lines of at most WIDTH columns (an 80x24 terminal)."""
         now = time.monotonic()
         stats = self.client.stats()
-        state = "connected" if stats["connected"] else "reconnecting..."
         lines = [
-            f"async_ws_stream demo   {now - self.started:6.1f}s   embedded feed {self.server.url}   Ctrl-C to stop",
-            f"{state:<16} connects {stats['connects']}  reconnects {stats['reconnects']}  "
-            f"recycles {stats['recycles']}  frames {stats['frames']}  parse errors {stats['parse_errors']}  "
-            f"dropped {stats['dropped']}  (server published {self.published})",
+            f"async_ws_stream demo  {now - self.started:6.1f}s  feed {self.server.url}  Ctrl-C stops",
+            f"{self.state:<26} connects {stats['connects']}  reconnects {stats['reconnects']}  "
+            f"recycles {stats['recycles']}",
+            f"frames {stats['frames']}  parse errors {stats['parse_errors']}  dropped {stats['dropped']}  "
+            f"published {self.published}  received {self.received}",
             "",
             f"{'stream':<20}{'messages':>10}{'rate/s':>9}{'queued':>8}{'dropped':>9}",
         ]
         for c in self.consumers:
             lines.append(f"{c.name:<20}{c.count:>10}{c.rate():>9.0f}{c.stream.queued:>8}{c.stream.dropped:>9}")
         prices = "  ".join(f"{s[:-4]} {p}" for s, p in sorted(self.last_prices.items()))
-        lines += ["", f"handler (last trade): {prices}", "", f"faults, one every {self.fault_every:g}s:"]
+        lines += ["", f"last trade  {prices}", "", f"faults, one every {self.fault_every:g}s:"]
         lines += [f"  {e.at:6.1f}s  {e.text}" for e in self.events] or ["  (none yet)"]
-        return lines
+        return [line[:WIDTH] for line in lines]
 
     def line(self) -> str:
         now = time.monotonic()
@@ -274,18 +314,22 @@ class _Demo:
             for c in self.consumers
         )
         return (
-            f"[{now - self.started:6.1f}s] {'up' if stats['connected'] else 'down'} "
+            f"[{now - self.started:6.1f}s] {'up' if self.connected else 'down'} "
             f"connects={stats['connects']} reconnects={stats['reconnects']} recycles={stats['recycles']} "
             f"frames={stats['frames']} parse_errors={stats['parse_errors']} dropped={stats['dropped']} | {streams}"
         )
 
     def summary(self) -> str:
         stats = self.client.stats()
+        lost = self.published - self.received
         return (
             f"demo finished after {self.elapsed():.1f}s: connects={stats['connects']} "
             f"reconnects={stats['reconnects']} recycles={stats['recycles']} frames={stats['frames']} "
             f"messages={stats['messages']} parse_errors={stats['parse_errors']} dropped={stats['dropped']} "
-            f"published={self.published}"
+            f"published={self.published} received={self.received}\n"
+            f"published - received = {lost}: feed messages the injected faults lost on the network (sent "
+            "while the client had no connection, or into one being dropped or stalled; a recycle's overlap "
+            "may bring a few twice). dropped counts what the slow stream let go on purpose."
         )
 
     async def sample(self) -> None:
@@ -335,7 +379,7 @@ class _Demo:
             await asyncio.sleep(0.05)
 
 
-async def _demo(seconds: float | None, fault_every: float, out: IO[str]) -> None:
+async def _demo(seconds: float | None, fault_every: float, out: IO[str]) -> int:
     screen = _Screen(out)
     async with FeedServer() as server:
         client = DemoClient(
@@ -347,6 +391,7 @@ async def _demo(seconds: float | None, fault_every: float, out: IO[str]) -> None
                 async with asyncio.TaskGroup() as tg:
                     tasks = [tg.create_task(c.run()) for c in demo.consumers]
                     tasks += [
+                        tg.create_task(demo.watch_events()),
                         tg.create_task(demo.publish()),
                         tg.create_task(demo.inject_faults()),
                         tg.create_task(demo.sample()),
@@ -366,12 +411,16 @@ async def _demo(seconds: float | None, fault_every: float, out: IO[str]) -> None
                     screen.write("".join(f"[{event.at:6.1f}s] {event.text}\n" for event in demo.new_events)
                                  + demo.line() + "\n")
                 screen.write(demo.summary() + "\n")
+    return 0
 
 
 def run_demo(seconds: float | None = None, fault_every: float = DEFAULT_FAULT_EVERY) -> int:
-    """Run the demo for ``seconds`` (None: until Ctrl-C) on stdout; return the exit code, 0."""
+    """Run the demo for ``seconds`` (None: until Ctrl-C) on stdout; return the exit code.
+
+    0 at the end of ``--seconds`` and on Ctrl-C (how the demo is meant to end);
+    143 on SIGTERM. The summary is printed either way.
+    """
     try:
-        asyncio.run(_demo(seconds, fault_every, sys.stdout))
+        return asyncio.run(run_until_terminated(_demo(seconds, fault_every, sys.stdout)))
     except KeyboardInterrupt:
-        pass  # Ctrl-C is how the demo is meant to end; the summary has been printed
-    return 0
+        return 0  # the summary has been printed

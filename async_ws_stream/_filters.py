@@ -5,7 +5,7 @@ are handed to an ``on_error`` callback, or propagate when there is none.
 
 The plain definition
 --------------------
-A *filter* is a list of dicts, or None. A message matches when every key/value pair of
+A *filter* is a list of dicts (or one dict), or None. A message matches when every key/value pair of
 **any one** dict equals the message's field (``msg[key] == value``):
 
 - ``None`` and ``[]`` match everything, mappings or not.
@@ -19,9 +19,11 @@ A *filter* is a list of dicts, or None. A message matches when every key/value p
   matches when the field exists and the predicate returns something truthy. Anything
   callable counts, classes included. A predicate that raises counts as no match and is
   reported to ``on_error(exc, source)``.
-- In a *condition* (``compile_condition``, or ``compile_filters(allow_callables=True)``)
-  an item may also be a callable ``msg -> bool`` tested against the whole message. It
-  sees every message, mappings or not.
+- An item may also be a callable ``msg -> bool`` tested against the whole message. It
+  sees every message, mappings or not. A single dict or callable is the same as a list
+  of one: filters (``stream_filter``, ``add_handler``) and conditions (``expect``,
+  ``wait_for``, ``poll``) take the same shapes, and differ only in that a filter may be
+  None or ``[]`` (everything) while a condition may not.
 
 The index that routes messages to their consumers is in :mod:`._dispatch`.
 """
@@ -33,7 +35,9 @@ from typing import Any
 
 __all__ = [
     "MISSING",
+    "SHAPES",
     "Clause",
+    "Filters",
     "OnError",
     "Pair",
     "Path",
@@ -260,18 +264,20 @@ class Clause:
         return pairs_match(self.pairs, msg, self.source, on_error)
 
 
-def _compile(
-    items: object,
-    argname: str,
-    allow_callables: bool,
-    expected: str,
-) -> tuple[Clause, ...]:
-    """Compile a list or tuple of dicts (and callables when allowed) into clauses."""
-    if isinstance(items, Mapping):
-        raise TypeError(
-            f"{argname} must be {expected}, got {describe_value(items)}; "
-            "wrap it in a list: [{...}]"
-        )
+Filters = Mapping[Any, Any] | Callable[[Any], object] | Sequence[Mapping[Any, Any] | Callable[[Any], object]] | None
+"""A filter or a condition as the public calls take it: a dict, a callable, or a list of these."""
+
+SHAPES = "a dict, a callable, or a list of these"
+"""What every call that takes a filter or a condition accepts, in its error messages."""
+
+
+def _compile(items: object, argname: str, allow_callables: bool) -> tuple[Clause, ...]:
+    """Compile one dict or callable, or a list or tuple of them, into clauses."""
+    expected = SHAPES if allow_callables else "a dict or a list of dicts"
+    if isinstance(items, Mapping) or (allow_callables and callable(items)):
+        clause = Clause.__new__(Clause)
+        _init_clause(clause, items, argname, allow_callables)
+        return (clause,)
     if not isinstance(items, (list, tuple)):
         raise TypeError(f"{argname} must be {expected}, got {describe_value(items)}")
     clauses = []
@@ -283,36 +289,39 @@ def _compile(
 
 
 def compile_filters(
-    filters: Sequence[Mapping[Hashable, Any] | Callable[[Any], object]] | None,
+    filters: object,
     *,
     argname: str = "filters",
-    allow_callables: bool = False,
+    allow_callables: bool = True,
 ) -> tuple[Clause, ...]:
     """Validate and compile a filter once, up front, so matching never re-parses it.
 
+    ``stream_filter``, ``add_handler`` and the conditions of ``expect``/``wait_for``/``poll``
+    take the same shapes (:data:`SHAPES`): a dict, a callable ``msg -> bool``, or a
+    list or tuple of these (any one matches). A filter differs from a condition
+    only in that None and ``[]`` are allowed and match everything.
+
     Args:
-        filters: A list or tuple of dicts (any mappings), or None. None and ``[]``
-            match everything and compile to ``()``.
+        filters: The filter, or None.
         argname: How error messages name the argument, e.g. ``"stream_filter: filters"``.
-        allow_callables: Also accept whole-message callables as items (for conditions).
+        allow_callables: Accept whole-message callables (True: the public calls all do).
 
     Returns:
         One :class:`Clause` per item, in order; ``()`` for match-everything.
 
     Raises:
-        TypeError: filters is not a list or tuple (a bare dict included: wrap it in a
-            list), an item is not a dict, or a key is unhashable. The message names the
+        TypeError: filters is none of those shapes (a string, a generator), an item is
+            neither a dict nor a callable, or a key is unhashable. The message names the
             argument, the index of the bad item and its value.
         ValueError: A key is the empty tuple ``()``.
     """
     if filters is None:
         return ()
-    expected = "a list of dicts or callables" if allow_callables else "a list of dicts"
-    return _compile(filters, argname, allow_callables, expected)
+    return _compile(filters, argname, allow_callables)
 
 
 def compile_condition(cond: object, *, argname: str = "until") -> tuple[Clause, ...]:
-    """Compile a condition for expect/wait_for/poll: a dict, a callable, or a list of these.
+    """Compile a condition for expect/wait_for/poll: the shapes of :func:`compile_filters`.
 
     A dict tests fields as in a filter; a callable receives the whole message (any
     message, mapping or not) and matches when it returns something truthy; a list
@@ -330,17 +339,12 @@ def compile_condition(cond: object, *, argname: str = "until") -> tuple[Clause, 
             is almost surely a bug. Also an empty tuple key, as in compile_filters.
         TypeError: cond, or an item of it, is neither a dict nor a callable.
     """
-    expected = "a dict, a callable, or a list of these"
     if cond is None or (isinstance(cond, (list, tuple)) and not cond):
         raise ValueError(
-            f"{argname} must be {expected}, got {describe_value(cond)}; it would match every "
+            f"{argname} must be {SHAPES}, got {describe_value(cond)}; it would match every "
             "message. Pass the condition you are waiting for, e.g. {'type': 'ack'}"
         )
-    if isinstance(cond, Mapping) or callable(cond):
-        clause = Clause.__new__(Clause)
-        _init_clause(clause, cond, argname, allow_callable=True)
-        return (clause,)
-    return _compile(cond, argname, True, expected)
+    return _compile(cond, argname, True)
 
 
 def matches(clauses: tuple[Clause, ...], msg: object, on_error: OnError | None = None) -> bool:

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from ._backoff import fatal_error
 from ._events import Gap
+from ._options import DEFAULT_FATAL_CLOSE_CODES
 from .exceptions import ConnectionRejected
 
 __all__ = ["ClientHooks"]
@@ -37,6 +38,9 @@ class ClientHooks(abc.ABC, Generic[M]):
     #: (counted in ``stats()["held_dropped"]``).
     resync_maxsize: ClassVar[int] = 10_000
 
+    #: The client's ``fatal_close_codes=`` option, set by its constructor.
+    _fatal_close_codes: frozenset[int] = DEFAULT_FATAL_CLOSE_CODES
+
     @abc.abstractmethod
     async def _create_ws(self) -> Any:
         """Open and return a new connection (for example ``await websockets.connect(url)``)."""
@@ -57,7 +61,15 @@ class ClientHooks(abc.ABC, Generic[M]):
         """
 
     async def _on_connect(self, ws: Any) -> None:
-        """Run on every new connection before it carries traffic; talk to ``ws`` directly."""
+        """Run on every new connection before it carries traffic; talk to ``ws`` directly.
+
+        The connection is read only after this returns, so a reply must be read
+        here with ``await ws.recv()`` (a handshake: send ``connection_init``, read
+        ``connection_ack``). ``send``, ``request``, ``wait_for``, ``poll`` and
+        ``wait_connected`` raise at once if called here (the client ends: the same
+        call would fail on every connection); ``expect`` may be called here and
+        awaited after the hook.
+        """
 
     def _serialize(self, msg: Any) -> str | bytes:
         """Encode a non-``str``/``bytes`` message for :meth:`send` (default: compact JSON)."""
@@ -67,7 +79,8 @@ class ClientHooks(abc.ABC, Generic[M]):
         """Decide whether a connection failure ends the client instead of being retried.
 
         Return the error to end the client with, or None to retry. By default a
-        handshake answered 401/403, a close code 1008 or 4000-4999, an invalid
+        handshake answered 401/403, a close code in ``fatal_close_codes`` (by default
+        1008 and 4000-4999), an invalid
         URI, a TLS certificate that fails verification and a programming error
         in a hook (``TypeError``, ``AttributeError``, ...) are fatal
         (see :func:`async_ws_stream._backoff.fatal_error`).
@@ -77,7 +90,7 @@ class ClientHooks(abc.ABC, Generic[M]):
         ``ConnectionClosed``). The returned error is what streams end with and
         what ``send``/``request``/``wait_connected`` raise from then on.
         """
-        return fatal_error(exc)
+        return fatal_error(exc, close_codes=self._fatal_close_codes)
 
     def _sequence(self, msg: M) -> tuple[Hashable, int, int] | None:
         """Optional: say which updates of which sequence ``msg`` carries, as ``(key, first, last)``.

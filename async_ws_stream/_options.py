@@ -8,6 +8,7 @@ given, and says what is accepted. ``bool`` is never taken for a number.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
 __all__ = [
@@ -16,15 +17,20 @@ __all__ = [
     "DEFAULT_BACKOFF_JITTER",
     "DEFAULT_BACKOFF_MAX",
     "DEFAULT_EVENTS_MAXSIZE",
+    "DEFAULT_FATAL_CLOSE_CODES",
     "DEFAULT_HANDLER_MAXSIZE",
     "DEFAULT_MAXSIZE",
     "DEFAULT_REQUEST_TIMEOUT",
     "DEFAULT_SEND_TIMEOUT",
     "DEFAULT_STABLE_AFTER",
     "EXIT_GRACE",
+    "IDLE_COUNTS",
+    "IdleCounts",
     "OVERFLOW_POLICIES",
     "Overflow",
     "check_buffer",
+    "check_choice",
+    "check_close_codes",
     "check_int",
     "check_number",
     "check_timeout",
@@ -43,6 +49,15 @@ DEFAULT_BACKOFF_FACTOR = 2.0
 DEFAULT_BACKOFF_MAX = 30.0
 DEFAULT_BACKOFF_JITTER = 0.5
 DEFAULT_STABLE_AFTER = 5.0
+
+# Close codes that end the client instead of being retried (fatal_close_codes=):
+# 1008 (policy violation) and the application range 4000-4999.
+DEFAULT_FATAL_CLOSE_CODES: frozenset[int] = frozenset({1008, *range(4000, 5000)})
+
+# What resets the idle_timeout watchdog (idle_counts=): data frames only, or also a
+# pong to the ping the watchdog sends when the data has been quiet.
+IdleCounts = Literal["data", "pongs"]
+IDLE_COUNTS: tuple[str, ...] = ("data", "pongs")
 
 # Talking to the server
 DEFAULT_SEND_TIMEOUT = 10.0
@@ -115,3 +130,32 @@ def check_buffer(where: str, maxsize: object, overflow: object) -> None:
         raise ValueError(
             f"{where}: overflow must be one of {', '.join(map(repr, OVERFLOW_POLICIES))}, got {overflow!r}"
         )
+
+
+def check_choice(where: str, name: str, value: object, choices: tuple[str, ...]) -> str:
+    """Return ``value`` if it is one of the strings ``choices``."""
+    accepted = ", ".join(map(repr, choices))
+    if not isinstance(value, str):
+        raise TypeError(f"{where}: {name} must be one of {accepted}, got {_got(value)}")
+    if value not in choices:
+        raise ValueError(f"{where}: {name} must be one of {accepted}, got {value!r}")
+    return value
+
+
+def check_close_codes(where: str, value: object) -> frozenset[int]:
+    """Return ``value`` as a frozenset if it is a collection of close codes (ints in 1000-4999).
+
+    A set, frozenset, list, tuple or range; an empty one makes no close code fatal.
+    """
+    if isinstance(value, (str, bytes)) or not isinstance(value, (set, frozenset, list, tuple, range)):
+        raise TypeError(
+            f"{where}: fatal_close_codes must be a set of ints (close codes 1000-4999), got {_got(value)}; "
+            "e.g. {1008, 4400, 4401, 4403}"
+        )
+    codes: Iterable[object] = value
+    for code in codes:
+        if isinstance(code, bool) or not isinstance(code, int):
+            raise TypeError(f"{where}: fatal_close_codes must hold ints, got {_got(code)} in it")
+        if not 1000 <= code <= 4999:
+            raise ValueError(f"{where}: fatal_close_codes must hold close codes 1000-4999, got {code!r} in it")
+    return frozenset(value)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import copy as _copy
 import enum
+import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -32,7 +33,7 @@ from ._options import Overflow
 from ._redact import traceback_of
 from .exceptions import StreamOverflow
 
-__all__ = ["AsyncHandler", "DropCount", "Pressure", "Stream", "StreamStatistics", "SyncHandler", "TimedStream"]
+__all__ = ["AsyncHandler", "DropCount", "Feed", "Pressure", "Stream", "StreamStatistics", "SyncHandler", "TimedStream"]
 
 M = TypeVar("M")
 
@@ -41,6 +42,7 @@ class DropCount(Protocol):
     """What a stream counts its drops in: the client's :class:`~._counters.Counters`, or a broker source's."""
 
     dropped: int
+    abandoned: int
 
 
 class Pressure:
@@ -79,22 +81,16 @@ class StreamStatistics(NamedTuple):
     dropped: int
 
 
-class Stream(Generic[M]):
-    """An async iterator over the messages matching one filter, in arrival order.
+class Feed(Generic[M]):
+    """The producer's side of one stream: its buffer, overflow policy and end.
 
-    Made by :meth:`AsyncWsStream.stream_filter`; not constructed directly.
-
-    The buffer holds at most ``maxsize`` messages; what a full buffer does is
-    the ``overflow`` policy. No policy loses a message silently: drops are
-    counted in :attr:`dropped` and in the client's ``stats()``, and logged once
-    per overflow episode (when the stream first drops, and when it recovers).
-
-    Cancelling a pending ``__anext__`` is safe: nothing is lost; the next call
-    returns the next message. ``close()`` is idempotent.
+    The index and the registry hold the feed, never the :class:`Stream` the
+    consumer holds: so a stream its consumer let go of can be found out (its
+    ``__del__``) and unregistered, while the pump's hot path stays one strong
+    ``deliver`` call per matching stream.
     """
 
     __slots__ = (
-        "__weakref__",
         "_buf",
         "_copy",
         "_counters",
@@ -102,6 +98,7 @@ class Stream(Generic[M]):
         "_end_error",
         "_episode_drops",
         "_filters",
+        "_home",
         "_loop",
         "_maxsize",
         "_on_close",
@@ -122,7 +119,7 @@ class Stream(Generic[M]):
         copy: bool,
         counters: DropCount,
         pressure: Pressure | None = None,
-        on_close: Callable[[Stream[M]], None] | None = None,
+        on_close: Callable[[Feed[M]], None] | None = None,
     ) -> None:
         self._filters = filters
         self._maxsize = maxsize
@@ -137,6 +134,8 @@ class Stream(Generic[M]):
         self._waiter: asyncio.Future[None] | None = None
         self._woken = False  # resolved our waiter; the consumer has not run since
         self._loop: asyncio.AbstractEventLoop | None = None  # learnt at the first wait
+        # The loop the stream was made in, where an abandoned stream is unregistered.
+        self._home = asyncio._get_running_loop()
         self._dropping = False
         self._episode_drops = 0
         #: Messages this stream lost to its overflow policy.
@@ -148,88 +147,9 @@ class Stream(Generic[M]):
             f"queued={len(self._buf)} dropped={self.dropped}>"
         )
 
-    # -- the consumer's side ---------------------------------------------------------------
-
-    def __aiter__(self) -> Stream[M]:
-        return self
-
-    async def __anext__(self) -> M:
-        buf = self._buf
-        if buf:  # under load, the usual case: no future, no suspension
-            return buf.popleft()
-        while True:
-            if self._state is not _OPEN:
-                if self._end_error is not None:
-                    error, self._end_error = self._end_error, None
-                    raise error
-                raise StopAsyncIteration
-            # Once per wake-up, which with many streams is about once per message: so a
-            # plain Future (one Python call less than loop.create_future()) on the loop
-            # learnt at the first wait (get_running_loop() costs as much as the Future).
-            loop = self._loop
-            if loop is None:
-                loop = self._loop = asyncio.get_running_loop()
-            waiter = self._waiter = asyncio.Future(loop=loop)
-            try:
-                await waiter
-            finally:
-                self._woken = False
-                if self._waiter is waiter:
-                    self._waiter = None
-            buf = self._buf  # read anew: the first deliver() replaces _NO_BUFFER
-            if buf:
-                return buf.popleft()
-
-    async def get(self) -> M:
-        """Return the next message, waiting for it.
-
-        Raises:
-            StreamOverflow: the stream overflowed under ``overflow="error"``.
-            EOFError: the stream has ended (closed, or the client exited).
-        """
-        try:
-            return await self.__anext__()
-        except StopAsyncIteration:
-            raise EOFError("stream has ended") from None
-
-    def get_nowait(self) -> M:
-        """Return the next buffered message, or raise IndexError when there is none."""
-        return self._buf.popleft()
-
-    @property
-    def queued(self) -> int:
-        """How many messages wait in the buffer."""
-        return len(self._buf)
-
-    @property
-    def closed(self) -> bool:
-        """True once the stream takes no more messages (closed, finished or overflowed)."""
-        return self._state is not _State.OPEN
-
     def statistics(self) -> StreamStatistics:
         """Return the stream's filters, queue length and drop count."""
         return StreamStatistics(self._filters, len(self._buf), self.dropped)
-
-    async def close(self) -> None:
-        """End the stream now and discard its buffer. Idempotent.
-
-        A consumer blocked in ``async for`` ends normally.
-        """
-        self._buf.clear()
-        self._end_error = None
-        self._stop(_State.CLOSED)
-
-    aclose = close
-
-    async def __aenter__(self) -> Stream[M]:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
-    # -- the producer's side (the client) --------------------------------------------------
 
     def deliver(self, msg: M) -> None:
         """Buffer ``msg`` or apply the overflow policy. Never blocks, never awaits.
@@ -292,6 +212,42 @@ class Stream(Generic[M]):
             self._end_error = error
             self._stop(_State.FINISHED)
 
+    def close(self) -> None:
+        """End now and discard the buffer (the consumer's ``close``). Idempotent."""
+        self._buf.clear()
+        self._end_error = None
+        self._stop(_State.CLOSED)
+
+    def abandon(self) -> None:
+        """Its :class:`Stream` is gone: close it and unregister it, in the loop that reads it.
+
+        Called from ``Stream.__del__``, which runs wherever the last reference went:
+        maybe in another thread, maybe inside the pump (a collection triggered by an
+        allocation). So the close is always scheduled, never done in place, unless no
+        loop could be running it.
+        """
+        if self._state is not _OPEN:
+            return
+        # Made outside a loop and never awaited: the loop running here, if any, is the one.
+        loop = self._loop or self._home or asyncio._get_running_loop()
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(self._abandoned)
+                return
+            except RuntimeError:  # the loop closed meanwhile: nothing reads this feed any more
+                pass
+        self._abandoned()
+
+    def _abandoned(self) -> None:
+        if self._state is not _OPEN:
+            return
+        self._counters.abandoned += 1
+        logger.info(
+            "stream {} abandoned (its consumer holds no reference to it): unregistered, {} buffered "
+            "messages discarded", self._filters, len(self._buf),
+        )
+        self.close()
+
     def _stop(self, state: _State) -> None:
         if self._state is _State.OPEN and self._on_close is not None:
             self._on_close(self)
@@ -325,49 +281,205 @@ class Stream(Generic[M]):
         self._episode_drops = 0
 
 
+class Stream(Generic[M]):
+    """An async iterator over the messages matching one filter, in arrival order.
+
+    Made by :meth:`AsyncWsStream.stream_filter`; not constructed directly.
+
+    The buffer holds at most ``maxsize`` messages; what a full buffer does is
+    the ``overflow`` policy. No policy loses a message silently: drops are
+    counted in :attr:`dropped` and in the client's ``stats()``, and logged once
+    per overflow episode (when the stream first drops, and when it recovers).
+
+    A stream that nothing references any more (its consumer left its ``async for``
+    by ``break`` or an exception and kept no name for it) is closed and
+    unregistered when Python frees it: at once on CPython, or at the next garbage
+    collection if it sits in a reference cycle; its buffer is discarded, and
+    ``stats()["abandoned"]`` counts it. A task waiting in ``async for`` keeps its
+    stream alive.
+
+    Cancelling a pending ``__anext__`` is safe: nothing is lost; the next call
+    returns the next message. ``close()`` is idempotent.
+    """
+
+    __slots__ = ("__weakref__", "_feed")
+
+    def __init__(
+        self,
+        filters: Any,
+        *,
+        maxsize: int,
+        overflow: Overflow,
+        copy: bool,
+        counters: Counters,
+        pressure: Pressure | None = None,
+        on_close: Callable[[Feed[M]], None] | None = None,
+    ) -> None:
+        self._feed: Feed[M] = Feed(
+            filters, maxsize=maxsize, overflow=overflow, copy=copy,
+            counters=counters, pressure=pressure, on_close=on_close,
+        )
+
+    def __del__(self) -> None:
+        feed = getattr(self, "_feed", None)  # absent if __init__ failed
+        # At interpreter exit nothing reads the feed any more, and logging may be gone.
+        if feed is not None and feed._state is _OPEN and not sys.is_finalizing():
+            feed.abandon()
+
+    def __repr__(self) -> str:
+        return repr(self._feed)
+
+    # -- the consumer's side ---------------------------------------------------------------
+
+    def __aiter__(self) -> Stream[M]:
+        return self
+
+    async def __anext__(self) -> M:
+        feed = self._feed
+        buf = feed._buf
+        if buf:  # under load, the usual case: no future, no suspension
+            return buf.popleft()
+        while True:
+            if feed._state is not _OPEN:
+                if feed._end_error is not None:
+                    error, feed._end_error = feed._end_error, None
+                    raise error
+                raise StopAsyncIteration
+            # Once per wake-up, which with many streams is about once per message: so a
+            # plain Future (one Python call less than loop.create_future()) on the loop
+            # learnt at the first wait (get_running_loop() costs as much as the Future).
+            loop = feed._loop
+            if loop is None:
+                loop = feed._loop = asyncio.get_running_loop()
+            waiter = feed._waiter = asyncio.Future(loop=loop)
+            try:
+                await waiter
+            finally:
+                feed._woken = False
+                if feed._waiter is waiter:
+                    feed._waiter = None
+            buf = feed._buf  # read anew: the first deliver() replaces _NO_BUFFER
+            if buf:
+                return buf.popleft()
+
+    async def get(self) -> M:
+        """Return the next message, waiting for it.
+
+        Raises:
+            StreamOverflow: the stream overflowed under ``overflow="error"``.
+            EOFError: the stream has ended (closed, or the client exited).
+        """
+        try:
+            return await self.__anext__()
+        except StopAsyncIteration:
+            raise EOFError("stream has ended") from None
+
+    def get_nowait(self) -> M:
+        """Return the next buffered message, or raise IndexError when there is none."""
+        return self._feed._buf.popleft()
+
+    @property
+    def dropped(self) -> int:
+        """Messages this stream lost to its overflow policy."""
+        return self._feed.dropped
+
+    @property
+    def queued(self) -> int:
+        """How many messages wait in the buffer."""
+        return len(self._feed._buf)
+
+    @property
+    def closed(self) -> bool:
+        """True once the stream takes no more messages (closed, finished or overflowed)."""
+        return self._feed._state is not _OPEN
+
+    def statistics(self) -> StreamStatistics:
+        """Return the stream's filters, queue length and drop count."""
+        return self._feed.statistics()
+
+    async def close(self) -> None:
+        """End the stream now and discard its buffer. Idempotent.
+
+        A consumer blocked in ``async for`` ends normally.
+        """
+        self._feed.close()
+
+    aclose = close
+
+    async def __aenter__(self) -> Stream[M]:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # -- the producer's side (the client) --------------------------------------------------
+
+    def deliver(self, msg: M) -> None:
+        """Hand ``msg`` to the stream's feed (tests and direct use; the pump calls the feed)."""
+        self._feed.deliver(msg)
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """Take no more messages: the consumer gets the buffer, then ``error`` or the end. Idempotent."""
+        self._feed.finish(error)
+
+
+class TimedFeed(Feed[M]):
+    """A feed that holds ``(time, message)`` pairs, for a :class:`TimedStream`."""
+
+    __slots__ = ("on_wait",)
+
+    def __init__(self, *args: Any, on_wait: Callable[[float], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_wait = on_wait
+
+    def deliver(self, msg: M) -> None:
+        """Buffer ``msg`` with the time it arrived (see :meth:`Feed.deliver`)."""
+        super().deliver((time.monotonic(), msg))  # type: ignore[arg-type]
+
+
 class TimedStream(Stream[M]):
     """A :class:`Stream` that reports how long each message waited between its dispatch and its consumer.
 
     Made instead of a plain stream once the client is instrumented
-    (:mod:`async_ws_stream.metrics`); it holds ``(time, message)`` pairs, so plain
-    streams pay nothing for it.
+    (:mod:`async_ws_stream.metrics`); its feed holds ``(time, message)`` pairs, so
+    plain streams pay nothing for it.
     """
 
-    __slots__ = ("_on_wait",)
+    __slots__ = ()
 
-    def __init__(self, *args: Any, on_wait: Callable[[float], None], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._on_wait = on_wait
-
-    def deliver(self, msg: M) -> None:
-        """Buffer ``msg`` with the time it arrived (see :meth:`Stream.deliver`)."""
-        super().deliver((time.monotonic(), msg))  # type: ignore[arg-type]
+    def __init__(self, filters: Any, *, on_wait: Callable[[float], None], **options: Any) -> None:
+        self._feed = TimedFeed(filters, on_wait=on_wait, **options)
 
     async def __anext__(self) -> M:
         held: Any = await super().__anext__()
-        self._on_wait(time.monotonic() - held[0])
+        self._feed.on_wait(time.monotonic() - held[0])  # type: ignore[attr-defined]
         return held[1]  # type: ignore[no-any-return]
 
     def get_nowait(self) -> M:
         """Return the next buffered message, or raise IndexError when there is none."""
         held: Any = super().get_nowait()
-        self._on_wait(time.monotonic() - held[0])
+        self._feed.on_wait(time.monotonic() - held[0])  # type: ignore[attr-defined]
         return held[1]  # type: ignore[no-any-return]
+
+
 
 
 class SyncHandler:
     """A plain function called inline for each matching message; failures are logged and counted."""
 
-    __slots__ = ("_counters", "fn")
+    __slots__ = ("_copy", "_counters", "fn")
 
-    def __init__(self, fn: Callable[[Any], Any], counters: Counters) -> None:
+    def __init__(self, fn: Callable[[Any], Any], counters: Counters, *, copy: bool = False) -> None:
         self.fn = fn
         self._counters = counters
+        self._copy = copy
 
     def deliver(self, msg: Any) -> None:
-        """Call the handler now, inline; count and log what it raises."""
+        """Call the handler now, inline (with a deep copy if asked); count and log what it raises."""
         try:
-            self.fn(msg)
+            self.fn(_copy.deepcopy(msg) if self._copy else msg)
         except Exception as exc:
             self._counters.handler_errors += 1
             logger.error("handler {!r} failed\n{}", self.fn, traceback_of(exc))
@@ -390,7 +502,7 @@ class AsyncHandler:
 
     def deliver(self, msg: Any) -> None:
         """Queue the message for the handler's task (its stream's overflow policy applies)."""
-        self.stream.deliver(msg)
+        self.stream._feed.deliver(msg)
 
     async def run(self) -> None:
         """Call the handler for every message until the stream ends."""

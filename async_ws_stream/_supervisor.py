@@ -37,6 +37,7 @@ from ._dispatch import Index, Target
 from ._events import Connected, Disconnected, Event, Recycled, Recycling, Retrying
 from ._options import EXIT_GRACE
 from ._redact import describe, traceback_of
+from ._scopes import running
 from ._streams import Pressure
 from .transports import guard
 from .exceptions import AsyncWsStreamError, ConnectionLost
@@ -209,6 +210,7 @@ class Supervisor:
         pressure: Pressure,
         policy: RetryPolicy,
         idle_timeout: float | None,
+        idle_counts: str = "data",
         on_closed: Callable[[Link], None],
         emit: Callable[[Event], None],
         admit: Callable[[Any], bool] | None = None,
@@ -221,6 +223,7 @@ class Supervisor:
         self._pressure = pressure
         self.policy = policy
         self._idle_timeout = idle_timeout
+        self._idle_counts = idle_counts
         self._on_closed = on_closed
         self.state = State.NEW
         #: The last failure to open or keep a connection, or None.
@@ -304,7 +307,8 @@ class Supervisor:
         ws = _check_connection(await self._hooks._create_ws())
         guard(ws)  # floods: big reads parsed in slices (a no-op for what it does not know)
         try:
-            await self._hooks._on_connect(ws)
+            with running("_on_connect"):
+                await self._hooks._on_connect(ws)
         except BaseException:
             await _close(ws, EXIT_GRACE)
             raise
@@ -428,7 +432,8 @@ class Supervisor:
     async def _recycle(self, conn: Link) -> None:
         """Wait for the user's trigger, then swap in a new connection before closing ``conn``."""
         try:
-            await self._hooks._when2create_new_ws()
+            with running("_when2create_new_ws"):  # the streams it made end with it
+                await self._hooks._when2create_new_ws()
             reason = "_when2create_new_ws returned"
         except Exception as exc:
             logger.warning("_when2create_new_ws raised; recycling connection #{}\n{}", conn.number, traceback_of(exc))
@@ -464,6 +469,9 @@ class Supervisor:
         served_at = time.monotonic()
         while True:
             remaining = max(conn.last_frame, served_at) + self._idle_timeout - time.monotonic()
+            if remaining <= 0 and self._idle_counts == "pongs" and await self._pong(conn):
+                served_at = time.monotonic()  # it answered: alive, though quiet
+                continue
             if remaining <= 0:
                 logger.warning(
                     "connection #{}: no data frame for {}s (idle_timeout); reconnecting",
@@ -472,6 +480,22 @@ class Supervisor:
                 _abort(conn.ws)
                 return
             await asyncio.sleep(remaining)
+
+    async def _pong(self, conn: Link) -> bool:
+        """Ping a quiet connection (idle_counts="pongs"); True if the pong came within idle_timeout."""
+        ping = getattr(conn.ws, "ping", None)
+        if not callable(ping):  # feature-detected: PicowsConnection answers pings but sends none on demand
+            if self._idle_counts == "pongs":
+                logger.warning("idle_counts='pongs': {} has no ping(); counting data frames only",
+                               type(conn.ws).__name__)
+                self._idle_counts = "data"
+            return False
+        try:
+            async with asyncio.timeout(self._idle_timeout):
+                await (await ping())
+        except (TimeoutError, ConnectionClosed):
+            return False
+        return True
 
     async def _retire(self, conn: Link) -> None:
         """Close what the supervisor still holds when it stops."""

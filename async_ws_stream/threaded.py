@@ -25,7 +25,7 @@ import concurrent.futures
 import itertools
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, Generic, Protocol, Self, TypeVar
 
@@ -33,6 +33,7 @@ from loguru import logger
 
 from ._blocking import BATCH_SIZE, BlockingStream, Default
 from ._events import Event
+from ._filters import Filters
 from ._options import (
     DEFAULT_EVENTS_MAXSIZE,
     DEFAULT_HANDLER_MAXSIZE,
@@ -57,7 +58,7 @@ class AsyncClient(Protocol[M]):
 
     def stream_filter(
         self,
-        filters: Sequence[Mapping[Any, Any]] | None = None,
+        filters: Filters = None,
         *,
         maxsize: int | None = None,
         overflow: Overflow | None = None,
@@ -67,8 +68,9 @@ class AsyncClient(Protocol[M]):
     def add_handler(
         self,
         fn: Callable[[M], Any],
-        filters: Sequence[Mapping[Any, Any]] | None = None,
+        filters: Filters = None,
         *,
+        copy: bool = False,
         maxsize: int = DEFAULT_HANDLER_MAXSIZE,
         overflow: Overflow = "drop_oldest",
     ) -> None: ...
@@ -254,7 +256,7 @@ class ThreadedClient(Generic[M]):
 
     def stream_filter(
         self,
-        filters: list[Mapping[Any, Any]] | None = None,
+        filters: Filters = None,
         *,
         maxsize: int | None = None,
         overflow: Overflow | None = None,
@@ -305,8 +307,9 @@ class ThreadedClient(Generic[M]):
     def add_handler(
         self,
         fn: Callable[[M], Any],
-        filters: list[Mapping[Any, Any]] | None = None,
+        filters: Filters = None,
         *,
+        copy: bool = False,
         maxsize: int = DEFAULT_HANDLER_MAXSIZE,
         overflow: Overflow = "drop_oldest",
     ) -> None:
@@ -319,7 +322,7 @@ class ThreadedClient(Generic[M]):
             TypeError, ValueError: a malformed filter or option.
             ClientClosed: after :meth:`exit`.
         """
-        self._call_sync(lambda: self.client.add_handler(fn, filters, maxsize=maxsize, overflow=overflow))
+        self._call_sync(lambda: self.client.add_handler(fn, filters, copy=copy, maxsize=maxsize, overflow=overflow))
 
     def remove_handler(self, fn: Callable[[M], Any]) -> None:
         """Remove a handler as :meth:`AsyncWsStream.remove_handler` does.

@@ -58,11 +58,36 @@ class BinanceFapiAsyncWs(AsyncWebsocketStreamInterface):
 async def main(url, seconds):
     logger.enable("async_ws_stream")
     ws = BinanceFapiAsyncWs(url)
-    await asyncio.sleep(seconds)
-    await ws.wait_connected(timeout=5)
-    reply = await ws.request({"method": "ping"}, timeout=5)  # FeedServer echoes the id
+    # -- the README's "Usage", with the older names and parameters ---------------------------
+    await ws.wait_enter_handing_ws()
+    seen = {"all": 0, "by_id": 0, "f": 0, "f2": 0}
+
+    async def watcher(stream, name):
+        async for news in stream:
+            seen[name] += 1
+
+    def f(msg):
+        seen["f"] += 1
+
+    async def f2(msg):
+        seen["f2"] += 1
+
+    everything = ws.stream_filter()
+    by_id = ws.stream_filter(_filters=[{"id": "usage"}])
+    watchers = [asyncio.create_task(watcher(everything, "all")), asyncio.create_task(watcher(by_id, "by_id"))]
+    ws.add_handler(f)
+    ws.add_handler(function_or_coroutine_function=f2)
+    assert ws.present_ws is not None
+    await asyncio.sleep(seconds)  # recycles happen meanwhile
+    await ws.send(json.dumps({"method": "ping", "id": "usage"}))  # FeedServer answers with the id
+    reply = await ws.request({"method": "ping"}, timeout=5)
+    streams = len(ws.stats()["streams"])  # the README's per-connection streams must not pile up
+    close_task = asyncio.create_task(by_id.close())
+    await close_task
     await ws.exit()
-    print(json.dumps({"listen_keys": ws.listen_keys, "received": int(reply is not None)}))
+    await asyncio.gather(*watchers)
+    print(json.dumps({"listen_keys": ws.listen_keys, "received": int(reply is not None), "seen": seen,
+                      "streams": streams}))
 
 
 if __name__ == "__main__":

@@ -350,3 +350,20 @@ def test_errors_retrying_cannot_fix_are_fatal(exc: BaseException) -> None:
     rejected = fatal_error(exc)
     assert isinstance(rejected, ConnectionRejected)
     assert type(exc).__name__ in str(rejected)
+
+
+def test_giving_up_after_one_retry_says_retry() -> None:
+    """The message reads "after 1 retry", not "1 retries"."""
+    policy = RetryPolicy(max_retries=1)
+    assert isinstance(policy.failed(OSError("refused")), Retry)
+    verdict = policy.failed(OSError("refused"))
+    assert isinstance(verdict, GiveUp)
+    assert "gave up after 1 retry;" in str(verdict.error)
+
+
+def test_fatal_close_codes_are_the_callers() -> None:
+    """fatal_error(close_codes=...) decides by the set it is given; the default keeps 1008 and 4000-4999."""
+    assert fatal_error(closed(4409)) is not None
+    assert fatal_error(closed(4409), close_codes={4403}) is None
+    assert fatal_error(closed(4403), close_codes={4403}) is not None
+    assert fatal_error(closed(1008), close_codes=frozenset()) is None

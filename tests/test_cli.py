@@ -144,6 +144,22 @@ async def test_ctrl_c_exits_130_without_traceback(server: FeedServer) -> None:
     await server.wait_open(0)
 
 
+async def test_sigterm_exits_143_like_ctrl_c(server: FeedServer) -> None:
+    """SIGTERM closes with a close frame, prints --stats, and exits 143 without a traceback."""
+    async with cli("connect", server.url, "--stats") as proc:
+        await server.wait_connections(1)
+        conn = server.connections[-1]
+        await server.broadcast({"e": "x"})
+        assert await asyncio.wait_for(proc.stdout.readline(), BUDGET) == b'{"e":"x"}\n'
+        proc.send_signal(signal.SIGTERM)
+        code, _, err = await finish(proc)
+    assert code == 143
+    assert "Traceback" not in err
+    assert json.loads(err.strip().splitlines()[-1])["printed"] == 1
+    await conn.wait_closed()
+    assert conn.close_code == 1000  # a close frame, not a dropped socket
+
+
 async def test_stats_prints_a_summary_on_stderr(server: FeedServer) -> None:
     """--stats writes the client's counters as one JSON line on stderr at exit; stdout keeps only messages."""
     async with cli("connect", server.url, "--stats", "--count", "2") as proc:

@@ -573,7 +573,7 @@ async def test_custom_serialize_is_used_for_non_text(server: FeedServer) -> None
 
 async def test_stats_has_every_documented_key(client: JsonClient, server: FeedServer) -> None:
     """stats() has the spec's keys, and frames reconcile with messages and errors."""
-    client.stream_filter([{"a": 1}])
+    stream = client.stream_filter([{"a": 1}])  # held: an unreferenced stream is unregistered
     await client.wait_connected(timeout=5)
     await server.send_garbage()
     await settle(client, server)
@@ -585,6 +585,7 @@ async def test_stats_has_every_documented_key(client: JsonClient, server: FeedSe
     assert stats["frames"] == stats["messages"] + stats["parse_errors"] + stats["skipped"]
     assert 0 <= stats["last_frame_age"] < 5
     assert stats["streams"] == [{"filters": [{"a": 1}], "queued": 0, "dropped": 0}]
+    assert not stream.closed
 
 
 async def test_exit_delivers_buffered_ends_streams_and_leaves_no_task(server: FeedServer) -> None:
@@ -639,7 +640,7 @@ async def test_exit_from_inside_an_async_handler(client: JsonClient, server: Fee
 
 async def test_bad_arguments_name_the_argument_and_value(client: JsonClient) -> None:
     """Clear errors at the call for the classic mistakes."""
-    with pytest.raises(TypeError, match=r"filters must be a list of dicts, got str 'trade'"):
+    with pytest.raises(TypeError, match=r"filters must be a dict, a callable, or a list of these, got str 'trade'"):
         client.stream_filter("trade")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"overflow must be one of .* got 'sometimes'"):
         client.stream_filter([{"s": 1}], overflow="sometimes")  # type: ignore[arg-type]

@@ -6,10 +6,14 @@ import asyncio
 import os
 import pty
 import re
+import shutil
 import signal
+import subprocess
 import sys
 
-from .subprocesses import WITH_CTRL_C, child_env
+import pytest
+
+from .subprocesses import ROOT, WITH_CTRL_C, child_env
 
 BUDGET = 20.0  # seconds a demo run may take before the test fails
 
@@ -75,7 +79,7 @@ async def test_demo_redraws_in_place_on_a_terminal() -> None:
     assert out.count("async_ws_stream demo") >= 2  # drawn more than once...
     assert re.search(r"\x1b\[\d+F\x1b\[J", out)  # ...each time over the previous frame
     assert "all trades" in out and "dropped" in out
-    assert "\x1b[?25hdemo finished" in out.rstrip().splitlines()[-1]  # cursor shown again, then the summary
+    assert "\x1b[?25hdemo finished" in out.rstrip().splitlines()[-2]  # cursor shown again, then the summary
 
 
 async def test_demo_exits_0_on_ctrl_c() -> None:
@@ -99,3 +103,66 @@ async def test_demo_exits_0_on_ctrl_c() -> None:
     assert proc.returncode == 0
     assert "Traceback" not in err.decode()
     assert "demo finished" in rest.decode()
+
+
+async def test_demo_exits_143_on_sigterm_with_its_summary() -> None:
+    """SIGTERM ends the demo as Ctrl-C does (summary, no traceback), with status 143."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "async_ws_stream", "demo",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=child_env(),
+    )
+    try:
+        async with asyncio.timeout(BUDGET):
+            assert proc.stdout is not None
+            while b"up connects=" not in await proc.stdout.readline():
+                pass
+            proc.send_signal(signal.SIGTERM)
+            rest, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.communicate()
+    assert proc.returncode == 143
+    assert "Traceback" not in err.decode()
+    assert "demo finished" in rest.decode()
+
+
+async def test_demo_summary_explains_published_minus_received() -> None:
+    """The summary counts received feed messages and says what the difference to published is."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "async_ws_stream", "demo", "--seconds", "1.5", "--fault-every", "0.5",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=child_env(),
+    )
+    async with asyncio.timeout(BUDGET):
+        out_b, _ = await proc.communicate()
+    out = out_b.decode()
+    counters = _counters(out)
+    lost = counters["published"] - counters["received"]
+    assert f"published - received = {lost}: feed messages the injected faults lost on the network" in out
+    assert "recovered: reconnected in" in out  # timed from the client's events
+
+
+def _tmux(*args: str) -> str:
+    return subprocess.run(["tmux", *args], check=True, capture_output=True, text=True).stdout
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (apt-get install tmux)")
+async def test_demo_view_fits_an_80x24_terminal() -> None:
+    """In a real 80x24 terminal (tmux) the live view wraps no line and its first line stays on screen."""
+    session = f"awsdemo{os.getpid()}"
+    command = f"cd {ROOT} && {sys.executable} -m async_ws_stream demo --seconds 30 --fault-every 0.3"
+    _tmux("new-session", "-d", "-s", session, "-x", "80", "-y", "24", "-e",
+          f"PYTHONPATH={child_env()['PYTHONPATH']}", command)
+    try:
+        async with asyncio.timeout(BUDGET):
+            while True:  # an external terminal: looked at until the faults have filled the view
+                screen = _tmux("capture-pane", "-p", "-t", session)
+                if screen.count("recovered:") >= 3:
+                    break
+                await asyncio.sleep(0.1)
+        joined = _tmux("capture-pane", "-p", "-J", "-t", session)
+    finally:
+        _tmux("kill-session", "-t", session)
+    assert screen.splitlines()[0].startswith("async_ws_stream demo")  # nothing scrolled off the top
+    assert joined.splitlines() == screen.splitlines()  # -J joins wrapped lines: there were none
+    assert max(len(line) for line in screen.splitlines()) < 80

@@ -371,26 +371,37 @@ def test_string_filters_error_names_type_and_value() -> None:
     """A string instead of a list is a TypeError naming the argument, str and the value."""
     with pytest.raises(TypeError) as info:
         compile_filters("trade", argname="stream_filter: filters")  # type: ignore[arg-type]
-    assert str(info.value) == "stream_filter: filters must be a list of dicts, got str 'trade'"
+    assert str(info.value) == "stream_filter: filters must be a dict, a callable, or a list of these, got str 'trade'"
 
 
-def test_bare_dict_error_says_to_wrap_it_in_a_list() -> None:
-    """A bare dict is the common mistake; the error says to wrap it in a list."""
-    with pytest.raises(TypeError, match=r"wrap it in a list: \[\{\.\.\.\}\]"):
-        compile_filters({"s": "A"})  # type: ignore[arg-type]
+def test_a_single_dict_or_callable_is_a_filter_of_one() -> None:
+    """A bare dict or callable is accepted as a list of one, in filters as in conditions."""
+    assert [c.source for c in compile_filters({"s": "A"})] == [{"s": "A"}]
+    assert [c.source for c in compile_condition({"s": "A"})] == [{"s": "A"}]
+    only = compile_filters(lambda m: m == "x")
+    assert matches(only, "x") and not matches(only, "y")
+
+
+def test_filters_and_conditions_refuse_the_same_shapes_with_the_same_message() -> None:
+    """A string is refused by both with one message (the argument name aside)."""
+    with pytest.raises(TypeError) as f:
+        compile_filters("trade", argname="x")
+    with pytest.raises(TypeError) as c:
+        compile_condition("trade", argname="x")
+    assert str(f.value) == str(c.value) == "x must be a dict, a callable, or a list of these, got str 'trade'"
 
 
 def test_bad_item_error_names_its_index() -> None:
     """A non-dict item is reported with its position and value."""
-    with pytest.raises(TypeError, match=r"filters\[1\] must be a dict, got str 'B'"):
+    with pytest.raises(TypeError, match=r"filters\[1\] must be a dict or a callable, got str 'B'"):
         compile_filters([{"s": "A"}, "B"])  # type: ignore[list-item]
 
 
-def test_callable_item_is_refused_in_a_filter() -> None:
-    """Filters take dicts only unless allow_callables is set."""
+def test_callable_item_is_a_whole_message_predicate_in_a_filter() -> None:
+    """Filters take callables as conditions do; allow_callables=False still refuses them."""
     with pytest.raises(TypeError, match=r"filters\[0\] must be a dict, got function"):
-        compile_filters([lambda m: True])
-    assert compile_filters([lambda m: True], allow_callables=True)[0].matches("x")
+        compile_filters([lambda m: True], allow_callables=False)
+    assert compile_filters([lambda m: True])[0].matches("x")
 
 
 def test_empty_tuple_key_is_a_value_error() -> None:
@@ -418,7 +429,7 @@ def test_unhashable_key_in_a_custom_mapping_is_a_type_error() -> None:
 
 def test_generator_of_dicts_is_refused() -> None:
     """Only a list or a tuple is accepted at the top level."""
-    with pytest.raises(TypeError, match="must be a list of dicts, got generator"):
+    with pytest.raises(TypeError, match="must be a dict, a callable, or a list of these, got generator"):
         compile_filters(d for d in [{"s": "A"}])  # type: ignore[arg-type]
 
 

@@ -103,10 +103,10 @@ async def test_idle_streams_share_an_empty_buffer_until_their_first_message() ->
         for _ in range(2)
     ]
     first, second = made
-    assert first._buf is second._buf  # one shared empty buffer: idle streams stay small
+    assert first._feed._buf is second._feed._buf  # one shared empty buffer: idle streams stay small
     first.deliver(1)
     first.deliver(2)
-    assert first._buf is not second._buf
+    assert first._feed._buf is not second._feed._buf
     assert second.queued == 0
     assert [await first.__anext__(), await first.__anext__()] == [1, 2]
 

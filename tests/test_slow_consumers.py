@@ -118,8 +118,9 @@ async def test_memory_stays_bounded_with_a_consumer_that_never_reads(feed: FeedS
     client = JsonClient(feed.url)
     tracemalloc.start()
     try:
-        for policy in ("drop_oldest", "drop_newest"):
-            client.stream_filter(maxsize=100, overflow=policy)  # type: ignore[arg-type]
+        # Held, unread: a stream nobody references would be closed as abandoned.
+        held = [client.stream_filter(maxsize=100, overflow=policy)  # type: ignore[arg-type]
+                for policy in ("drop_oldest", "drop_newest")]
         client.add_handler(lambda msg: None)
         await client.wait_connected(timeout=5)
         await feed.publish(big(i) for i in range(1_000))
@@ -134,3 +135,4 @@ async def test_memory_stays_bounded_with_a_consumer_that_never_reads(feed: FeedS
     # Unbounded buffers would hold 5,000 more messages of over 2 KB: 10 MB.
     assert hot - warm < 2_000_000, f"grew {hot - warm} bytes"
     assert client.stats()["dropped"] == 2 * (6_000 + 2 - 100)  # the two settle markers too
+    assert all(stream.dropped == 6_000 + 2 - 100 for stream in held)

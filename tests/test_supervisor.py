@@ -27,7 +27,7 @@ from .subprocesses import child_env
 
 @pytest.mark.single_transport
 async def test_the_older_readme_subclass_does_not_storm(server: FeedServer) -> None:
-    """Its _when2create_new_ws raises TypeError on Python 3.11 at once, every time: paced, single digits in 10 s."""
+    """The older README's subclass, import changed only: paced recycles, its Usage works, no stream piles up."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(Path(__file__).with_name("older_readme_client.py")), server.url, "10",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=child_env(),
@@ -38,6 +38,11 @@ async def test_the_older_readme_subclass_does_not_storm(server: FeedServer) -> N
     assert 2 <= server.handshakes <= 9, f"{server.handshakes} connections in 10 s"
     assert report["listen_keys"] == server.handshakes
     assert report["received"] == 1  # and it still served, storm or not
+    # The README's Usage with the older names: both watchers and both handlers got the reply.
+    assert report["seen"]["by_id"] == 1 and report["seen"]["f"] >= 2 and report["seen"]["f2"] >= 2
+    assert report["seen"]["all"] >= 2
+    # One stream per connection made by _when2create_new_ws ended with it: only the two watchers remain.
+    assert report["streams"] == 2
     assert "sooner than stable_after" in err.decode() and "asyncio.wait()" in err.decode()
 
 

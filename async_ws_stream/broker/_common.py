@@ -49,13 +49,14 @@ class BrokerConfigError(BrokerError):
 class SourceCounters:
     """The counters a source's streams share (the ``counters`` seam of :class:`Stream`)."""
 
-    __slots__ = ("crowded", "decode_errors", "delivered", "dropped", "duplicates", "gaps",
+    __slots__ = ("abandoned", "decode_errors", "delivered", "dropped", "duplicates", "gaps",
                  "gap_dropped", "predicate_errors", "received")
 
     def __init__(self) -> None:
         self.received = 0  # records read from the broker
         self.delivered = 0  # records fed to at least one stream
         self.dropped = 0  # by every stream's overflow policy
+        self.abandoned = 0  # streams closed because nothing referenced them
         self.decode_errors = 0
         self.predicate_errors = 0
         self.duplicates = 0  # Redis only: ids seen again
@@ -70,18 +71,18 @@ def new_stream(
     overflow: Overflow,
     copy: bool,
     counters: Any,
-    on_close: Callable[[Stream[Any]], None],
+    on_close: Callable[[Any], None],
 ) -> tuple[Stream[Any], Callable[[Any], None], Callable[[], None]]:
     """Make one of the library's streams for a source; return it with its feed and finish functions.
 
-    The one place a source touches the stream's producer side (``Stream.deliver``
-    and ``Stream.finish``): ``feed(msg)`` buffers a message or applies the overflow
+    The one place a source touches the stream's producer side (its ``Feed``:
+    ``deliver`` and ``finish``; ``on_close`` receives the feed): ``feed(msg)`` buffers a message or applies the overflow
     policy, never blocking; ``finish()`` lets the consumer read what is buffered, then
     ends its ``async for``.
     """
     stream: Stream[Any] = Stream(filters, maxsize=maxsize, overflow=overflow, copy=copy, counters=counters,
                                  on_close=on_close)
-    return stream, stream.deliver, stream.finish
+    return stream, stream._feed.deliver, stream._feed.finish
 
 
 def default_collector() -> str:
@@ -124,7 +125,7 @@ class Dispatcher:
         self._overflow: Overflow = overflow
         self.counters = SourceCounters()
         self._index: Index[_Fed] = Index(on_error=self._predicate_failed)
-        self._streams: dict[Stream[Any], tuple[_Fed, Any]] = {}
+        self._streams: dict[Any, tuple[_Fed, Any]] = {}  # by Feed
         self.closed = False
 
     def stream_filter(
@@ -145,11 +146,11 @@ class Dispatcher:
         stream, feed, finish = new_stream(filters, maxsize=maxsize, overflow=overflow, copy=copy,
                                           counters=self.counters, on_close=self._forget)
         fed = _Fed(stream, feed, finish, maxsize, overflow)
-        self._streams[stream] = (fed, self._index.add(clauses, fed))
+        self._streams[stream._feed] = (fed, self._index.add(clauses, fed))
         return stream
 
-    def _forget(self, stream: Stream[Any]) -> None:
-        entry = self._streams.pop(stream, None)
+    def _forget(self, feed: Any) -> None:
+        entry = self._streams.pop(feed, None)
         if entry is not None:
             self._index.remove(entry[1])
 
