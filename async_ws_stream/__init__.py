@@ -12,10 +12,12 @@ The rooms, one idea each (the README's "How it is built" says more)::
     _client.py        AsyncWsStream: start/exit, consumers, events, send, stats
     _hooks.py         the hooks a subclass implements, with their defaults
     _supervisor.py    one connection's life: connect with retry, serve, pump, recycle, watch, retire
+    _link.py          one open connection (Link), the WebSocket protocol it fits, the Gate senders wait on
     _backoff.py       pure: RetryPolicy and the delays; which failures are fatal
     _conversation.py  request, expect, wait_for, poll
     _consumers.py     the registry of streams and handlers
-    _streams.py       Stream (the consumer's handle) over its Feed (buffer, overflow policy); the handlers
+    _streams.py       Stream (the consumer's handle) over its Feed (buffer, overflow policy)
+    _handlers.py      sync and async handlers
     _filters.py       pure: compiled filters, the plain definition of a match
     _dispatch.py      pure: the index that routes each message to its targets
     _sequences.py     pure: per-key sequence numbers, duplicate/gap verdicts, what a resync holds

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import threading
 import time
 from collections import deque
@@ -17,23 +16,17 @@ from collections.abc import Awaitable, Callable, Iterator
 from types import TracebackType
 from typing import Generic, Protocol, Self, TypeVar
 
-from ._options import check_timeout
+from ._options import Default, check_timeout
 from ._streams import Stream
 from .exceptions import ClientClosed, Timeout
 
-__all__ = ["BATCH_SIZE", "BlockingStream", "Default", "LoopCall"]
+__all__ = ["BATCH_SIZE", "BlockingStream", "LoopCall"]
 
 M = TypeVar("M")
 T = TypeVar("T")
 
 #: The most messages one hand-off moves from a stream's buffer to its consumer thread.
 BATCH_SIZE = 256
-
-
-class Default(enum.Enum):
-    """Marks "the default timeout" where None already means "wait forever"."""
-
-    TIMEOUT = "timeout"
 
 
 class LoopCall(Protocol):

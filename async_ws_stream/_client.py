@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import enum
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -30,6 +29,7 @@ from ._events import Closed, Event, GaveUp
 from ._filters import Filters
 from ._hooks import ClientHooks
 from ._lifecycle import Tasks, running_loop
+from ._link import Link
 from ._options import (
     DEFAULT_BACKOFF_FACTOR,
     DEFAULT_BACKOFF_INITIAL,
@@ -42,6 +42,7 @@ from ._options import (
     DEFAULT_SEND_TIMEOUT,
     DEFAULT_STABLE_AFTER,
     IDLE_COUNTS,
+    Default,
     IdleCounts,
     Overflow,
     check_buffer,
@@ -53,19 +54,13 @@ from ._redact import describe, traceback_of
 from ._scopes import check_not_in_on_connect
 from ._sequencer import sequence_stats, wire_sequences
 from ._streams import Pressure, Stream
-from ._supervisor import Link, State, Supervisor
+from ._supervisor import State, Supervisor
 from .exceptions import ClientClosed, Timeout
 from .threaded import ThreadedClient
 
 __all__ = ["AsyncWebsocketStreamInterface", "AsyncWsStream"]
 
 M = TypeVar("M")
-
-
-class _Default(enum.Enum):
-    """Marks "the client's own default" where None already means "no limit"."""
-
-    SEND_TIMEOUT = "send_timeout"
 
 
 class AsyncWsStream(OlderNames, Conversing[M], ClientHooks[M]):
@@ -429,7 +424,7 @@ class AsyncWsStream(OlderNames, Conversing[M], ClientHooks[M]):
         error.__cause__ = last
         return error
 
-    async def send(self, msg: Any, *, timeout: float | None | _Default = _Default.SEND_TIMEOUT) -> None:
+    async def send(self, msg: Any, *, timeout: float | None | Default = Default.TIMEOUT) -> None:
         """Send ``msg``: ``str``/``bytes`` as they are, anything else through :meth:`_serialize`.
 
         Waits for a connection first, up to ``timeout`` seconds in all (default:
@@ -440,7 +435,7 @@ class AsyncWsStream(OlderNames, Conversing[M], ClientHooks[M]):
             ConnectionLost: the connection closed while sending.
             ClientClosed: after :meth:`exit`.
         """
-        limit = self._send_timeout if isinstance(timeout, _Default) else timeout
+        limit = self._send_timeout if isinstance(timeout, Default) else timeout
         data = msg if isinstance(msg, (str, bytes, bytearray, memoryview)) else self._serialize(msg)
         conn: Link | None = None
         try:

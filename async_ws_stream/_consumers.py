@@ -18,9 +18,10 @@ from ._counters import Counters
 from ._dispatch import Index, Subscription, Target
 from ._events import Event, Gap
 from ._filters import Filters, compile_filters
+from ._handlers import AsyncHandler, SyncHandler
 from ._options import Overflow, check_buffer
 from ._scopes import recycle_trigger
-from ._streams import AsyncHandler, Feed, Pressure, Stream, SyncHandler, TimedStream
+from ._streams import Feed, Pressure, Stream, TimedStream
 
 __all__ = ["Consumers"]
 

@@ -21,10 +21,10 @@ from loguru import logger
 from ._dispatch import Index, Subscription, Target
 from ._expect import Expectation
 from ._filters import Clause, OnError, compile_condition
+from ._link import Link
 from ._options import DEFAULT_REQUEST_TIMEOUT, check_int, check_number, check_timeout
 from ._redact import describe
 from ._scopes import check_not_in_on_connect
-from ._supervisor import Link
 from .exceptions import Alarm, ConnectionLost, RetriesExhausted, Timeout
 
 __all__ = ["Conversations", "Conversing", "compile_alarms"]

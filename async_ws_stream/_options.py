@@ -8,6 +8,7 @@ given, and says what is accepted. ``bool`` is never taken for a number.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable
 from typing import Literal
 
@@ -23,6 +24,7 @@ __all__ = [
     "DEFAULT_REQUEST_TIMEOUT",
     "DEFAULT_SEND_TIMEOUT",
     "DEFAULT_STABLE_AFTER",
+    "Default",
     "EXIT_GRACE",
     "IDLE_COUNTS",
     "IdleCounts",
@@ -66,6 +68,12 @@ DEFAULT_REQUEST_TIMEOUT = 10.0
 # How long exit() lets the server answer our close frame, and async handlers
 # finish what they hold, before it stops waiting.
 EXIT_GRACE = 1.0
+
+
+class Default(enum.Enum):
+    """Marks "the default" of an argument where None already means "no limit" (``timeout=None``)."""
+
+    TIMEOUT = "timeout"
 
 
 def _got(value: object) -> str:

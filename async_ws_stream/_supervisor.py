@@ -15,7 +15,7 @@ so that the plain pump has no per-message test for it), the recycle trigger (the
 ``idle_timeout``, a watchdog. Every attempt to open a connection, for a
 reconnect or for a recycle's successor, goes through one loop,
 :meth:`Supervisor._open_with_retry`, which asks one :class:`~._backoff.RetryPolicy`
-what to do about each failure. Senders wait on the :class:`Gate`, never by polling.
+what to do about each failure. Senders wait on the :class:`~._link.Gate`, never by polling.
 """
 
 from __future__ import annotations
@@ -35,36 +35,15 @@ from ._backoff import GiveUp, RetryPolicy
 from ._counters import Counters
 from ._dispatch import Index, Target
 from ._events import Connected, Disconnected, Event, Recycled, Recycling, Retrying
+from ._link import Gate, Link, abort, check_connection, close
 from ._options import EXIT_GRACE
 from ._redact import describe, traceback_of
 from ._scopes import running
 from ._streams import Pressure
-from .transports import guard
 from .exceptions import AsyncWsStreamError, ConnectionLost
+from .transports import guard
 
-__all__ = ["Gate", "Hooks", "Link", "State", "Supervisor", "WebSocket"]
-
-
-class WebSocket(Protocol):
-    """What the supervisor needs of a connection. websockets' ``ClientConnection`` fits, and so
-    does :class:`~async_ws_stream.transports.PicowsConnection`.
-
-    ``transport.abort()`` drops the connection without a closing handshake (it is
-    dead or stalled anyway).
-    """
-
-    async def recv(self) -> str | bytes:
-        """Return the next data frame; raise ``websockets.exceptions.ConnectionClosed`` at the end."""
-
-    async def send(self, message: str | bytes | bytearray | memoryview) -> None:
-        """Send one data frame; raise ``ConnectionClosed`` if the connection is gone."""
-
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        """Send a close frame and wait for the closing handshake."""
-
-    @property
-    def transport(self) -> asyncio.WriteTransport:
-        """The connection's transport."""
+__all__ = ["Hooks", "State", "Supervisor"]
 
 
 class Hooks(Protocol):
@@ -88,99 +67,6 @@ class State(enum.Enum):
     BACKOFF = "backoff"  # waiting before the next attempt
     FAILED = "failed"  # gave up (RetriesExhausted, ConnectionRejected); waits for exit()
     CLOSED = "closed"  # exit() was called
-
-
-class Link:
-    """One websocket connection and what the supervisor knows of it."""
-
-    __slots__ = ("closed_by", "last_frame", "number", "opened_at", "successor", "ws")
-
-    def __init__(self, ws: WebSocket, number: int) -> None:
-        self.ws = ws
-        self.number = number
-        self.opened_at = self.last_frame = time.monotonic()
-        self.successor: Link | None = None
-        self.closed_by: BaseException | None = None
-
-    def __repr__(self) -> str:
-        return f"<Link #{self.number}>"
-
-    async def send(self, data: str | bytes | bytearray | memoryview) -> None:
-        """Send one frame on this connection.
-
-        Raises:
-            ConnectionLost: the connection closed before or while sending.
-        """
-        try:
-            await self.ws.send(data)
-        except ConnectionClosed as exc:
-            raise ConnectionLost(f"connection #{self.number} closed while sending") from exc
-
-
-class Gate:
-    """The current connection, for everyone who waits for one; or the reason there will be none."""
-
-    def __init__(self) -> None:
-        self.value: Link | None = None
-        self.error: Callable[[], BaseException] | None = None
-        self._waiters: set[asyncio.Future[None]] = set()
-
-    def open(self, value: Link) -> None:
-        self.value = value
-        self._wake()
-
-    def shut(self) -> None:
-        self.value = None
-
-    def fail(self, make_error: Callable[[], BaseException]) -> None:
-        """No connection will come: waiters, present and future, raise ``make_error()``."""
-        self.value = None
-        self.error = make_error
-        self._wake()
-
-    async def wait(self) -> Link:
-        """Return the current connection, waiting for one. Cancelling it is safe."""
-        while True:
-            if self.error is not None:
-                raise self.error()
-            if self.value is not None:
-                return self.value
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.add(waiter)
-            try:
-                await waiter
-            finally:
-                self._waiters.discard(waiter)
-
-    def _wake(self) -> None:
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-
-def _abort(ws: WebSocket) -> None:
-    """Drop a connection at once, without a closing handshake."""
-    transport = getattr(ws, "transport", None)
-    if transport is not None:
-        transport.abort()
-
-
-async def _close(ws: WebSocket, timeout: float) -> None:
-    """Close with a close frame; abort if the peer does not answer within ``timeout``."""
-    try:
-        async with asyncio.timeout(timeout):
-            await ws.close()
-    except TimeoutError:
-        _abort(ws)
-
-
-def _check_connection(ws: object) -> WebSocket:
-    if not all(callable(getattr(ws, name, None)) for name in ("recv", "send", "close")):
-        raise TypeError(
-            f"_create_ws must return an open connection with recv(), send() and close() "
-            f"(await websockets.connect(url)), got {type(ws).__name__} {ws!r:.60}"
-        )
-    return ws  # type: ignore[return-value]
 
 
 class Supervisor:
@@ -304,13 +190,13 @@ class Supervisor:
                 cause = exc
 
     async def _open(self) -> Link:
-        ws = _check_connection(await self._hooks._create_ws())
+        ws = check_connection(await self._hooks._create_ws())
         guard(ws)  # floods: big reads parsed in slices (a no-op for what it does not know)
         try:
             with running("_on_connect"):
                 await self._hooks._on_connect(ws)
         except BaseException:
-            await _close(ws, EXIT_GRACE)
+            await close(ws, EXIT_GRACE)
             raise
         conn = Link(ws, next(self._numbers))
         self._counters.connects += 1
@@ -459,7 +345,7 @@ class Supervisor:
         # New sends go out on the successor; the pump keeps reading the old one to its end.
         self.current = successor
         self.gate.open(successor)
-        await _close(conn.ws, EXIT_GRACE)
+        await close(conn.ws, EXIT_GRACE)
 
     async def _watch(self, conn: Link) -> None:
         """Treat the connection as dead after ``idle_timeout`` seconds without a data frame."""
@@ -477,7 +363,7 @@ class Supervisor:
                     "connection #{}: no data frame for {}s (idle_timeout); reconnecting",
                     conn.number, self._idle_timeout,
                 )
-                _abort(conn.ws)
+                abort(conn.ws)
                 return
             await asyncio.sleep(remaining)
 
@@ -503,7 +389,7 @@ class Supervisor:
         for c in held:
             self._on_closed(c)
         # Together, so that a stop mid-recycle costs one close grace, not two.
-        results = await asyncio.gather(*(_close(c.ws, EXIT_GRACE) for c in held), return_exceptions=True)
+        results = await asyncio.gather(*(close(c.ws, EXIT_GRACE) for c in held), return_exceptions=True)
         for c, result in zip(held, results):
             if isinstance(result, Exception):
                 logger.warning("closing connection #{} failed\n{}", c.number, traceback_of(result))

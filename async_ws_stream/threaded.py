@@ -31,13 +31,14 @@ from typing import Any, Generic, Protocol, Self, TypeVar
 
 from loguru import logger
 
-from ._blocking import BATCH_SIZE, BlockingStream, Default
+from ._blocking import BATCH_SIZE, BlockingStream
 from ._events import Event
 from ._filters import Filters
 from ._options import (
     DEFAULT_EVENTS_MAXSIZE,
     DEFAULT_HANDLER_MAXSIZE,
     DEFAULT_REQUEST_TIMEOUT,
+    Default,
     Overflow,
     check_timeout,
 )

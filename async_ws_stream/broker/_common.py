@@ -9,8 +9,8 @@ that function changes.
 from __future__ import annotations
 
 import asyncio
-import socket
 import os
+import socket
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any

@@ -22,7 +22,7 @@ from ._nats import (
     stream_info,
     subject_matches,
 )
-from ._record import Router, RecordEncoder, compile_router, gap_marker
+from ._record import RecordEncoder, Router, compile_router, gap_marker
 from ._sink import SinkCore
 
 __all__ = ["JetStreamSink", "check_seconds"]

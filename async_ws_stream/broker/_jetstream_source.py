@@ -26,7 +26,13 @@ from .._options import Overflow, check_buffer
 from .._streams import Stream
 from ._common import Dispatcher, Pending
 from ._jetstream import check_seconds
-from ._nats import DEFAULT_CONNECT_TIMEOUT, connect_nats, redact_url, server_list, stream_info
+from ._nats import (
+    DEFAULT_CONNECT_TIMEOUT,
+    connect_nats,
+    redact_url,
+    server_list,
+    stream_info,
+)
 from ._record import count_gap, is_gap
 
 __all__ = ["JetStreamSource"]

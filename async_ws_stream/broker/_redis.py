@@ -21,7 +21,7 @@ from .._client import AsyncWsStream
 from .._options import Overflow
 from ._common import BrokerConfigError, BrokerUnavailable
 from ._nats import redact_url
-from ._record import Router, RecordEncoder, compile_router, gap_marker
+from ._record import RecordEncoder, Router, compile_router, gap_marker
 from ._sink import Record, SinkCore
 
 __all__ = ["RedisStreamSink", "connect_redis"]

@@ -15,7 +15,12 @@ from types import TracebackType
 from typing import Any, Self
 
 from websockets.datastructures import Headers
-from websockets.exceptions import ConcurrencyError, ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
+from websockets.exceptions import (
+    ConcurrencyError,
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+)
 from websockets.frames import EXTERNAL_CLOSE_CODES, OK_CLOSE_CODES, CloseCode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
