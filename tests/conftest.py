@@ -27,7 +27,11 @@ from websockets.asyncio.client import connect
 
 from async_ws_stream import AsyncWsStream
 from async_ws_stream.testing import FeedServer
-from async_ws_stream.transports import PICOWS_AVAILABLE, picows_connect, websockets_connect
+from async_ws_stream.transports import (
+    PICOWS_AVAILABLE,
+    picows_connect,
+    websockets_connect,
+)
 
 from .tls import serve_tls
 
@@ -136,6 +140,27 @@ async def settle(client: AsyncWsStream[Any], server: FeedServer, marker: Any = N
     return await waiting
 
 
+async def eventually(
+    predicate: Callable[[], bool],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.005,
+    what: str | Callable[[], str] = "the condition",
+) -> None:
+    """Return once ``predicate()`` holds, looking every ``interval`` seconds; fail the test after ``timeout``.
+
+    Only for state that signals no event to wait on (a file descriptor closing, the
+    kernel's socket queues, a transport's reading flag, another process's screen, a
+    broker's count). Everything the library does, a test waits for on an event.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await asyncio.sleep(interval)
+    except TimeoutError:
+        raise AssertionError(f"{what() if callable(what) else what} did not hold within {timeout} s") from None
+
+
 async def hold_unread(transport: Any, server: FeedServer, send: Callable[[], Awaitable[object]]) -> None:
     """Run ``send`` while ``transport`` does not read; return once all of it waits in the client's socket.
 
@@ -153,9 +178,10 @@ async def hold_unread(transport: Any, server: FeedServer, send: Callable[[], Awa
             fcntl.ioctl(conn.transport.get_extra_info("socket").fileno(), termios.TIOCOUTQ, count)
             return conn.transport.get_write_buffer_size() + count[0]
 
-        async with asyncio.timeout(5):
-            while any(unsent(conn) for conn in server.connections if not conn.transport.is_closing()):
-                await asyncio.sleep(0.001)
+        await eventually(
+            lambda: not any(unsent(conn) for conn in server.connections if not conn.transport.is_closing()),
+            interval=0.001, what="every server connection's bytes in the client's socket",
+        )
     finally:
         transport.resume_reading()
 

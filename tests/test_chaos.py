@@ -36,7 +36,7 @@ from websockets.asyncio.server import ServerConnection
 from async_ws_stream import StreamOverflow
 from async_ws_stream.testing import FeedServer
 
-from .conftest import EVERY_TRANSPORT, JsonClient, settle, transports
+from .conftest import EVERY_TRANSPORT, JsonClient, eventually, settle, transports
 
 SECONDS = float(os.environ.get("ASYNC_WS_STREAM_CHAOS_SECONDS", "9"))
 SEED = int(os.environ.get("ASYNC_WS_STREAM_CHAOS_SEED", str(random.SystemRandom().randrange(2**32))))
@@ -338,10 +338,9 @@ async def test_chaos(transport: str) -> None:
 
     # Nothing left over.
     assert library_left == []
-    for _ in range(100):  # an aborted socket is closed one loop step later
-        if fd_count() <= fds_before and not asyncio.all_tasks() - tasks_before:
-            break
-        await asyncio.sleep(0.01)
+    # An aborted socket is closed one loop step later.
+    await eventually(lambda: fd_count() <= fds_before and not asyncio.all_tasks() - tasks_before, timeout=1,
+                     what=lambda: f"no task or fd left ({asyncio.all_tasks() - tasks_before}, {fd_count()} fds)")
     assert asyncio.all_tasks() - tasks_before == set()
     assert fd_count() <= fds_before
     assert rss_late - rss_early < 30 * 2**20, f"RSS grew {(rss_late - rss_early) / 2**20:.1f} MB; {context}"

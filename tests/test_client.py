@@ -22,7 +22,6 @@ from async_ws_stream.testing import FeedServer
 
 from .conftest import JsonClient, no_library_tasks, settle
 
-
 # -- the base class ------------------------------------------------------------------------
 
 

@@ -10,7 +10,12 @@ from typing import Any
 
 import pytest
 
-from async_ws_stream import AsyncWebsocketStreamInterface, AsyncWsStream, ConnectionRejected, Stream
+from async_ws_stream import (
+    AsyncWebsocketStreamInterface,
+    AsyncWsStream,
+    ConnectionRejected,
+    Stream,
+)
 from async_ws_stream.testing import FeedServer
 
 from .conftest import JsonClient, settle

@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+from .conftest import eventually
 from .subprocesses import ROOT, WITH_CTRL_C, child_env
 
 BUDGET = 20.0  # seconds a demo run may take before the test fails
@@ -154,12 +155,10 @@ async def test_demo_view_fits_an_80x24_terminal() -> None:
     _tmux("new-session", "-d", "-s", session, "-x", "80", "-y", "24", "-e",
           f"PYTHONPATH={child_env()['PYTHONPATH']}", command)
     try:
-        async with asyncio.timeout(BUDGET):
-            while True:  # an external terminal: looked at until the faults have filled the view
-                screen = _tmux("capture-pane", "-p", "-t", session)
-                if screen.count("recovered:") >= 3:
-                    break
-                await asyncio.sleep(0.1)
+        # An external terminal: looked at until the faults have filled the view.
+        await eventually(lambda: _tmux("capture-pane", "-p", "-t", session).count("recovered:") >= 3,
+                         timeout=BUDGET, interval=0.1, what="three recoveries on screen")
+        screen = _tmux("capture-pane", "-p", "-t", session)
         joined = _tmux("capture-pane", "-p", "-J", "-t", session)
     finally:
         _tmux("kill-session", "-t", session)

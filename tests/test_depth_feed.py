@@ -6,7 +6,13 @@ from typing import Any
 
 import pytest
 
-from async_ws_stream.testing import Book, DepthFeed, FeedServer, apply_depth_update, book_from_snapshot
+from async_ws_stream.testing import (
+    Book,
+    DepthFeed,
+    FeedServer,
+    apply_depth_update,
+    book_from_snapshot,
+)
 
 from .conftest import JsonClient
 

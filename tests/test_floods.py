@@ -19,16 +19,17 @@ import base64
 import hashlib
 import json
 import sys
-from pathlib import Path
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedError
 
+import async_ws_stream.transports._picows as picows_transport
 from async_ws_stream import AsyncWsStream
 from async_ws_stream.testing import FeedServer
 from async_ws_stream.transports import (
@@ -39,7 +40,6 @@ from async_ws_stream.transports import (
     picows_connect,
     websockets_connect,
 )
-import async_ws_stream.transports._picows as picows_transport
 from async_ws_stream.transports._websockets import SlicedReads
 
 from .conftest import JsonClient as FeedClient

@@ -20,7 +20,7 @@ from async_ws_stream import ClientClosed, ConnectionRejected
 from async_ws_stream._options import EXIT_GRACE
 from async_ws_stream.testing import FeedServer
 
-from .conftest import JsonClient
+from .conftest import JsonClient, eventually
 
 # exit() must return within a second; where it has to wait out its grace (a
 # handler that will not finish, a server that does not answer the close frame)
@@ -71,10 +71,8 @@ async def no_leftovers() -> AsyncIterator[None]:
     fds = fd_count()
     yield
     # A transport closes its socket one loop step after abort(); give it a few.
-    for _ in range(50):
-        if fd_count() <= fds and not asyncio.all_tasks() - tasks:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: fd_count() <= fds and not asyncio.all_tasks() - tasks, timeout=0.5,
+                     what=lambda: f"no task or fd left ({asyncio.all_tasks() - tasks}, {fd_count()} fds)")
     assert asyncio.all_tasks() - tasks == set()
     assert fd_count() <= fds
 

@@ -25,9 +25,13 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect
 
-from async_ws_stream.transports import PICOWS_AVAILABLE, picows_connect, websockets_connect
+from async_ws_stream.transports import (
+    PICOWS_AVAILABLE,
+    picows_connect,
+    websockets_connect,
+)
 
-from .conftest import transports
+from .conftest import eventually, transports
 
 Connect = Callable[..., Awaitable[Any]]
 
@@ -72,12 +76,8 @@ async def nothing_left(before: set[str]) -> None:
     loop iteration or two after the client gave up, as websockets' own client
     does its socket; so this waits, at most a second, for the count to settle.
     """
-    try:
-        async with asyncio.timeout(1):
-            while open_fds() - before:
-                await asyncio.sleep(0.001)
-    except TimeoutError:
-        raise AssertionError(f"file descriptors left open: {sorted(open_fds() - before)}") from None
+    await eventually(lambda: not open_fds() - before, timeout=1, interval=0.001,
+                     what=lambda: f"no file descriptor left open ({sorted(open_fds() - before)})")
     assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
     gc.collect()  # an unclosed socket would raise ResourceWarning here (filterwarnings = error)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -33,8 +33,13 @@ import async_ws_stream.transports._picows_frames as picows_frames
 from async_ws_stream import ConnectionRejected
 from async_ws_stream._backoff import fatal_error, retry_after
 from async_ws_stream.testing import FeedServer
-from async_ws_stream.transports import PICOWS_AVAILABLE, PicowsConnection, picows_connect
+from async_ws_stream.transports import (
+    PICOWS_AVAILABLE,
+    PicowsConnection,
+    picows_connect,
+)
 
+from .conftest import eventually
 from .tls import client_context
 
 pytestmark = pytest.mark.skipif(
@@ -42,13 +47,6 @@ pytestmark = pytest.mark.skipif(
     reason="picows is not installed; pip install 'async_ws_stream[fast]' to test the fast transport",
 )
 
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait for a condition of the client side, which has no event to wait on."""
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.001)
 
 
 @pytest.fixture
@@ -195,7 +193,7 @@ async def test_reading_pauses_above_the_high_water_mark_and_resumes(server: Feed
     try:
         await server.wait_connections(1)
         publisher = asyncio.create_task(server.publish({"n": n, "pad": "x" * 80} for n in range(total)))
-        await until(lambda: not ws.transport.is_reading())
+        await eventually(lambda: not ws.transport.is_reading())
         queued = len(ws._messages)
         assert 8 <= queued < total // 4
         got = [(await ws.recv())[5:].split(",")[0] for _ in range(total)]

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from typing import Any
 
 from async_ws_stream import AsyncWsStream
 from async_ws_stream.testing import FeedServer
 
+from ..conftest import eventually
 
-async def eventually(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    """Return once ``predicate()`` holds, checking every few ms (for state that signals no event)."""
-    try:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(0.005)
-    except TimeoutError:
-        raise AssertionError(f"{what} did not hold within {timeout} s") from None
+__all__ = ["eventually", "settle"]
 
 
 async def settle(client: AsyncWsStream[Any], feed: FeedServer) -> None:

@@ -11,7 +11,12 @@ from pathlib import Path
 import pytest
 
 import async_ws_stream.broker as broker
-from async_ws_stream.broker._record import RecordEncoder, compile_router, gap_marker, is_gap
+from async_ws_stream.broker._record import (
+    RecordEncoder,
+    compile_router,
+    gap_marker,
+    is_gap,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,12 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from async_ws_stream.broker import BrokerConfigError, BrokerUnavailable, RedisStreamSink, RedisStreamSource
+from async_ws_stream.broker import (
+    BrokerConfigError,
+    BrokerUnavailable,
+    RedisStreamSink,
+    RedisStreamSource,
+)
 from async_ws_stream.testing import FeedServer
 
 from .conftest import FeedClient, trades
