@@ -73,3 +73,13 @@ def test_bot_events_pauses_on_a_drop_and_resumes_on_reconnect() -> None:
         "closed",
         "quotes: 15, trades ignored while paused: 0",
     ]
+
+
+def test_typed_trades_filters_structs_and_counts_the_bad_frame() -> None:
+    """typed_trades.py routes msgspec Structs by their fields and counts the frame that is not a Trade."""
+    assert run_example("typed_trades.py").splitlines() == [
+        "BTCUSDT VWAP over 60 Trade messages: 64,009.79",
+        "ETHUSDT trades at 3,110 or more: 32",
+        "maker-side trades (handler): {'BTCUSDT': 20, 'ETHUSDT': 20}",
+        "parse errors: 1, messages: 120",
+    ]
