@@ -88,12 +88,12 @@ _TYPED: dict[type, tuple[frozenset[str], Any] | None] = {}
 
 def _typed_fields(cls: type) -> tuple[frozenset[str], Any] | None:
     """The field names of a msgspec Struct or dataclass type, and its unset marker; else None."""
-    names = getattr(cls, "__struct_fields__", None)
-    if isinstance(names, tuple) and all(type(n) is str for n in names):
-        # A msgspec Struct: msgspec is imported, since the class was made with it.
-        msgspec = sys.modules.get("msgspec")
-        unset = getattr(msgspec, "UNSET", MISSING) if msgspec is not None else MISSING
-        info: tuple[frozenset[str], Any] | None = (frozenset(names), unset)
+    # A Struct's class was made with msgspec, so msgspec is imported if there is one:
+    # this module never imports it (it is an optional extra).
+    msgspec = sys.modules.get("msgspec")
+    info: tuple[frozenset[str], Any] | None
+    if msgspec is not None and issubclass(cls, msgspec.Struct):
+        info = (frozenset(getattr(cls, "__struct_fields__")), msgspec.UNSET)
     elif dataclasses.is_dataclass(cls):
         info = (frozenset(f.name for f in dataclasses.fields(cls)), MISSING)
     else:
