@@ -20,8 +20,8 @@ A *filter* is a list of dicts, or None. A message matches when every key/value p
 - A tuple key is a path into nested mappings and typed messages, in any mix:
   ``{("o", "x"): "NEW"}`` matches ``{"o": {"x": "NEW"}}`` and ``Order(o=Info(x="NEW"))``.
   Every step must be a mapping that contains the key (or a typed message with that
-  field); a missing step means no match. ``("o",)`` is the same as ``"o"``; ``()`` is an error. To match a
-  literal tuple key, wrap it in a 1-tuple: ``{(("a", "b"),): 1}``.
+  field); a missing step means no match. ``("o",)`` is the same as ``"o"``; ``()`` is
+  an error. To match a literal tuple key, wrap it in a 1-tuple: ``{(("a", "b"),): 1}``.
 - A callable value is a predicate on the field: ``{"p": lambda v: float(v) > 100}``
   matches when the field exists and the predicate returns something truthy. Anything
   callable counts, classes included. A predicate that raises counts as no match and is
@@ -43,12 +43,12 @@ from typing import Any
 __all__ = [
     "MISSING",
     "Clause",
+    "Fields",
     "OnError",
     "Pair",
     "Path",
     "compile_condition",
     "compile_filters",
-    "Fields",
     "describe_value",
     "fields_of",
     "is_anchorable",
@@ -82,7 +82,8 @@ Pair = tuple[Hashable, Path, Any, bool]
 
 
 # type -> (field names, the UNSET marker of msgspec or MISSING), or None when the type
-# holds no typed message. Types are few and long-lived, so a plain dict caches them.
+# holds no typed message. Message types are few and long-lived, so a plain dict caches
+# them (a weak one would cost more per message than the few entries it could free).
 _TYPED: dict[type, tuple[frozenset[str], Any] | None] = {}
 
 
