@@ -12,6 +12,10 @@ values, whole-message callables) are few in practice and are evaluated one by on
 The lookup relies on the data model's contract that equal values hash equally, which
 holds for every type a JSON parser produces; that is also why ``1``, ``1.0`` and ``True``
 share a bucket, just as they compare equal under the plain definition.
+
+Typed messages (msgspec Structs, dataclasses) go through the same buckets: their fields
+are read through a :class:`._filters.Fields` view, made once per message, where a
+mapping is read directly.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from ._filters import (
     OnError,
     Path,
     describe_value,
+    fields_of,
     is_anchorable,
     pairs_match,
     walk,
@@ -340,13 +345,19 @@ class Index(Generic[T]):
         everyone = self._everyone
         if self._only_everyone:
             return everyone
+        # What the buckets read the fields from: the message itself when it is a mapping
+        # (the fast path: nothing made per message), else its Fields view.
+        view: Any = msg
         if type(msg) is not dict and not isinstance(msg, Mapping):
-            # Only whole-message callables can match a message that is not a mapping.
-            if not self._scan_callables:
-                return everyone
-            self._tick += 1
-            matched = self._match_scan(self._scan_callables, msg, everyone, None)
-            return everyone if matched is None else matched
+            view = fields_of(msg)
+            if view is None:
+                # Only whole-message callables can match a message that is neither a
+                # mapping nor a typed message.
+                if not self._scan_callables:
+                    return everyone
+                self._tick += 1
+                matched = self._match_scan(self._scan_callables, msg, everyone, None)
+                return everyone if matched is None else matched
         self._tick = tick = self._tick + 1
         on_error = self._on_error
         result: list[T] | None = None
@@ -354,7 +365,7 @@ class Index(Generic[T]):
         # kept as a 1-tuple, cheaper to make than a list to append to.
         found: tuple[T] | None = None
         for key, rest, lookup in self._paths:
-            value = msg.get(key, MISSING)
+            value = view.get(key, MISSING)
             if value is MISSING:
                 continue
             if rest:
@@ -378,7 +389,7 @@ class Index(Generic[T]):
                 # The lookup proved the anchor pair equal; only the others need checking.
                 if simple:
                     for other_key, _, other_value, _ in others:
-                        got = msg.get(other_key, MISSING)
+                        got = view.get(other_key, MISSING)
                         # `not got == value`, not `got != value`: the definition uses ==.
                         if got is MISSING or not got == other_value:
                             break
@@ -386,7 +397,7 @@ class Index(Generic[T]):
                         others = ()  # no break: every one held
                     if others:
                         continue
-                elif others and not pairs_match(others, msg, clause.source, on_error):
+                elif others and not pairs_match(others, view, clause.source, on_error):
                     continue
                 if multi is not None:
                     multi._seen = tick

@@ -9,12 +9,19 @@ A *filter* is a list of dicts (or one dict), or None. A message matches when eve
 **any one** dict equals the message's field (``msg[key] == value``):
 
 - ``None`` and ``[]`` match everything, mappings or not.
-- Only mappings (:class:`collections.abc.Mapping`) can match a non-empty filter, so
-  ``[{}]`` matches every mapping and nothing else.
-- A tuple key is a path into nested mappings: ``{("o", "x"): "NEW"}`` matches
-  ``{"o": {"x": "NEW"}}``. Every step must be a mapping that contains the key; a missing
-  step means no match. ``("o",)`` is the same as ``"o"``; ``()`` is an error. To match a
-  literal tuple key, wrap it in a 1-tuple: ``{(("a", "b"),): 1}``.
+- Only mappings (:class:`collections.abc.Mapping`) and *typed messages* can match a
+  non-empty filter, so ``[{}]`` matches every mapping and every typed message, and
+  nothing else.
+- A typed message is an instance of a ``msgspec.Struct`` or of a dataclass. Its fields
+  stand for keys: ``{"s": "BTCUSDT"}`` matches it when it has a field ``s`` and
+  ``msg.s == "BTCUSDT"``. Only declared fields count (not methods, properties or other
+  attributes), a key that is not a string never names one, and a field holding
+  ``msgspec.UNSET`` (or not set at all) is missing, as an absent key is.
+- A tuple key is a path into nested mappings and typed messages, in any mix:
+  ``{("o", "x"): "NEW"}`` matches ``{"o": {"x": "NEW"}}`` and ``Order(o=Info(x="NEW"))``.
+  Every step must be a mapping that contains the key (or a typed message with that
+  field); a missing step means no match. ``("o",)`` is the same as ``"o"``; ``()`` is
+  an error. To match a literal tuple key, wrap it in a 1-tuple: ``{(("a", "b"),): 1}``.
 - A callable value is a predicate on the field: ``{"p": lambda v: float(v) > 100}``
   matches when the field exists and the predicate returns something truthy. Anything
   callable counts, classes included. A predicate that raises counts as no match and is
@@ -30,6 +37,8 @@ The index that routes messages to their consumers is in :mod:`._dispatch`.
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
@@ -37,6 +46,7 @@ __all__ = [
     "MISSING",
     "SHAPES",
     "Clause",
+    "Fields",
     "Filters",
     "OnError",
     "Pair",
@@ -44,6 +54,7 @@ __all__ = [
     "compile_condition",
     "compile_filters",
     "describe_value",
+    "fields_of",
     "is_anchorable",
     "matches",
     "pairs_match",
@@ -74,19 +85,78 @@ MISSING: Any = _Missing()
 Pair = tuple[Hashable, Path, Any, bool]
 
 
+# type -> (field names, the UNSET marker of msgspec or MISSING), or None when the type
+# holds no typed message. Message types are few and long-lived, so a plain dict caches
+# them (a weak one would cost more per message than the few entries it could free).
+_TYPED: dict[type, tuple[frozenset[str], Any] | None] = {}
+
+
+def _typed_fields(cls: type) -> tuple[frozenset[str], Any] | None:
+    """The field names of a msgspec Struct or dataclass type, and its unset marker; else None."""
+    # A Struct's class was made with msgspec, so msgspec is imported if there is one:
+    # this module never imports it (it is an optional extra).
+    msgspec = sys.modules.get("msgspec")
+    info: tuple[frozenset[str], Any] | None
+    if msgspec is not None and issubclass(cls, msgspec.Struct):
+        info = (frozenset(getattr(cls, "__struct_fields__")), msgspec.UNSET)
+    elif dataclasses.is_dataclass(cls):
+        info = (frozenset(f.name for f in dataclasses.fields(cls)), MISSING)
+    else:
+        info = None
+    _TYPED[cls] = info
+    return info
+
+
+class Fields:
+    """A typed message seen as a read-only mapping of its fields (only ``get``).
+
+    The matching code reads every message with ``msg.get(key, MISSING)``; wrapping a
+    Struct or dataclass in this view lets the same code, and the same index buckets,
+    serve typed messages without a second copy of either.
+    """
+
+    __slots__ = ("_obj", "_names", "_unset")
+
+    def __init__(self, obj: object, names: frozenset[str], unset: Any) -> None:
+        self._obj = obj
+        self._names = names
+        self._unset = unset
+
+    def get(self, key: Hashable, default: Any = None) -> Any:
+        """Return the field ``key`` of the message, or default when it has no such field."""
+        if key not in self._names:
+            return default
+        value = getattr(self._obj, key, default)  # key is in names: a str
+        return default if value is self._unset else value
+
+
+def fields_of(obj: object) -> Fields | None:
+    """A :class:`Fields` view of obj when it is a typed message (Struct, dataclass), else None."""
+    cls = type(obj)
+    info = _TYPED.get(cls, MISSING)
+    if info is MISSING:
+        info = _typed_fields(cls)
+    if info is None:
+        return None
+    return Fields(obj, info[0], info[1])
+
+
 def _step(obj: Any, key: Hashable) -> Any:
-    """Return ``obj[key]``, or ``MISSING`` when obj is not a mapping or lacks the key."""
+    """Return ``obj[key]`` (or its field ``key``), or ``MISSING`` when it has none."""
     # The exact-type test first: it skips the much slower ABC isinstance for plain dicts.
     if type(obj) is dict:
         return obj.get(key, MISSING)
     if isinstance(obj, Mapping):
         # .get rather than [] so that a defaultdict in a message is not mutated.
         return obj.get(key, MISSING)
-    return MISSING
+    fields = fields_of(obj)
+    if fields is None:
+        return MISSING
+    return fields.get(key, MISSING)
 
 
 def walk(obj: Any, steps: Path) -> Any:
-    """Follow steps down nested mappings from obj; ``MISSING`` if any step is absent."""
+    """Follow steps down nested mappings and typed messages; ``MISSING`` if any is absent."""
     for key in steps:
         obj = _step(obj, key)
         if obj is MISSING:
@@ -95,7 +165,7 @@ def walk(obj: Any, steps: Path) -> Any:
 
 
 def pairs_match(pairs: tuple[Pair, ...], msg: Any, source: object, on_error: OnError | None) -> bool:
-    """Evaluate pairs against msg, which the caller has checked is a Mapping."""
+    """Evaluate pairs against msg: a Mapping, or the :class:`Fields` of a typed message."""
     for key, rest, value, is_predicate in pairs:
         got = msg.get(key, MISSING)
         if rest and got is not MISSING:
@@ -244,8 +314,8 @@ class Clause:
         """Tell whether msg matches this clause under the plain definition.
 
         Args:
-            msg: Any message. Only a mapping can match a dict clause; a whole-message
-                callable sees every message.
+            msg: Any message. Only a mapping or a typed message can match a dict
+                clause; a whole-message callable sees every message.
             on_error: Receives ``(exc, self.source)`` when a predicate raises; the clause
                 then does not match. Without it the predicate's error propagates.
         """
@@ -260,7 +330,10 @@ class Clause:
                 on_error(exc, whole)
                 return False
         if not isinstance(msg, Mapping):
-            return False
+            fields = fields_of(msg)
+            if fields is None:
+                return False
+            return pairs_match(self.pairs, fields, self.source, on_error)
         return pairs_match(self.pairs, msg, self.source, on_error)
 
 

@@ -11,7 +11,11 @@ Every connection is driven by JSON commands the client sends as text frames:
 command                                         what the server does
 ==============================================  ================================================
 ``{"cmd": "blast", "n": N}``                    writes N pre-built trade frames as fast as TCP
-                                                lets it (whole chunks straight to the transport)
+                                                lets it (whole chunks straight to the transport);
+                                                with ``"seed": S, "symbols": K`` the frames'
+                                                symbols are drawn at random (seeded) from the
+                                                first K, else they go round all SYMBOLS
+``{"cmd": "prepare", "seed": S, "symbols": K}`` builds those frames now and answers ``"ok"``
 ``{"cmd": "sink", "n": N}``                     the same, then closes the socket (capacity test)
 ``{"cmd": "paced", "n": N, "rate": R}``         N frames evenly spaced at R per second, each
                                                 stamped at send with ``time.monotonic_ns()``
@@ -26,6 +30,7 @@ command                                         what the server does
 
 This module needs only the standard library, ``websockets`` and (optionally)
 ``orjson``, so the older package's separate virtual environment can import it too.
+``--tls CERT KEY`` adds a ``wss://`` listener (printed as ``TLSPORT <n>``).
 """
 
 from __future__ import annotations
@@ -33,11 +38,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,13 +66,32 @@ def symbol(i: int) -> str:
     return f"C{i:03d}USDT"
 
 
-def trade(i: int) -> dict[str, Any]:
-    """The i-th message of the feed: a Binance-style trade on symbol ``i % SYMBOLS`` (about 200 bytes)."""
+def symbol_sequence(seed: int | None, symbols: int = SYMBOLS) -> list[int]:
+    """The symbol index of each of the CYCLE frames: seeded random of ``symbols``, or round-robin."""
+    if seed is None:
+        return [i % symbols for i in range(CYCLE)]
+    rng = random.Random(seed)
+    return [rng.randrange(symbols) for _ in range(CYCLE)]
+
+
+def expected_counts(n: int, seed: int | None, symbols: int = SYMBOLS) -> Counter[str]:
+    """How many of the first n frames of a blast carry each symbol (what each stream must get)."""
+    sequence = symbol_sequence(seed, symbols)
+    whole, rest = divmod(n, CYCLE)
+    counts = Counter(sequence[:rest])
+    if whole:
+        for k, v in Counter(sequence).items():
+            counts[k] += whole * v
+    return Counter({symbol(k): v for k, v in counts.items()})
+
+
+def trade(i: int, sym: int | None = None) -> dict[str, Any]:
+    """The i-th message of the feed: a Binance-style trade on symbol ``sym`` (default ``i % SYMBOLS``), ~200 bytes."""
     stamp = 1_732_000_000_000 + i
     return {
         "e": "trade",
         "E": stamp,
-        "s": symbol(i % SYMBOLS),
+        "s": symbol(i % SYMBOLS if sym is None else sym),
         "t": i,
         "p": f"{100 + (i % 997) / 100:.8f}",
         "q": f"{1 + (i % 13) / 7:.8f}",
@@ -137,11 +164,14 @@ class _Feed:
 
 class _Server:
     def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-        self.frames: list[bytes] = []
+        # (seed, symbols) -> (frames, chunks of CHUNK frames)
+        self.sets: dict[tuple[int | None, int], tuple[list[bytes], list[bytes]]] = {}
         self.feed = _Feed()
 
-    def build(self) -> None:
+    def build(self, seed: int | None = None, symbols: int = SYMBOLS) -> tuple[list[bytes], list[bytes]]:
+        built = self.sets.get((seed, symbols))
+        if built is not None:
+            return built
         encode: Callable[[Any], bytes]
         try:
             import orjson
@@ -149,20 +179,24 @@ class _Server:
             encode = orjson.dumps
         except ImportError:  # the frames are the same bytes either way; orjson is only faster
             encode = dumps
-        self.frames = [ws_frame(encode(trade(i))) for i in range(CYCLE)]
-        self.chunks = [b"".join(self.frames[i : i + CHUNK]) for i in range(0, CYCLE, CHUNK)]
+        sequence = symbol_sequence(seed, symbols)
+        frames = [ws_frame(encode(trade(i, sequence[i]))) for i in range(CYCLE)]
+        chunks = [b"".join(frames[i : i + CHUNK]) for i in range(0, CYCLE, CHUNK)]
+        self.sets[(seed, symbols)] = frames, chunks
+        return frames, chunks
 
-    async def blast(self, conn: Any, n: int) -> None:
+    async def blast(self, conn: Any, n: int, seed: int | None = None, symbols: int = SYMBOLS) -> None:
         # Straight to the transport: the frames are pre-built and whole, so nothing
         # per frame runs here and the server stays far faster than any reader.
         # Connection.drain() is websockets' flow control (internal, stable since 13).
-        transport, chunks = conn.transport, self.chunks
+        frames, chunks = self.build(seed, symbols)
+        transport = conn.transport
         full, rest = divmod(n, CHUNK)
         for j in range(full):
             transport.write(chunks[j % len(chunks)])
             await conn.drain()
         start = full * CHUNK % CYCLE
-        transport.write(b"".join(self.frames[start : start + rest]))
+        transport.write(b"".join(frames[start : start + rest]))
 
     async def paced(self, conn: Any, n: int, rate: float) -> None:
         # Each frame at its own time. time.sleep() blocks this process on purpose: an
@@ -187,7 +221,10 @@ class _Server:
                 cmd = json.loads(raw)
                 what = cmd["cmd"]
                 if what == "blast":
-                    await self.blast(conn, cmd["n"])
+                    await self.blast(conn, cmd["n"], cmd.get("seed"), cmd.get("symbols", SYMBOLS))
+                elif what == "prepare":
+                    self.build(cmd.get("seed"), cmd.get("symbols", SYMBOLS))
+                    await conn.send("ok")
                 elif what == "sink":
                     await self.blast(conn, cmd["n"])
                     await conn.drain()
@@ -217,7 +254,7 @@ class _Server:
             self.feed.dropped_at = time.monotonic_ns()
             conn.transport.abort()
 
-    async def main(self) -> None:
+    async def main(self, tls: tuple[str, str] | None = None) -> None:
         from websockets.asyncio.server import serve
 
         self.build()
@@ -229,11 +266,18 @@ class _Server:
             loop.call_soon_threadsafe(stop.set)
 
         threading.Thread(target=wait_stdin, daemon=True).start()
-        async with serve(self.handle, "127.0.0.1", 0, compression=None, ping_interval=None,
-                         max_queue=None) as server:
+        options: dict[str, Any] = {"compression": None, "ping_interval": None, "max_queue": None}
+        async with serve(self.handle, "127.0.0.1", 0, **options) as server:
             port = server.sockets[0].getsockname()[1]
             print(f"PORT {port}", flush=True)
-            await stop.wait()
+            if tls is None:
+                await stop.wait()
+                return
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            async with serve(self.handle, "127.0.0.1", 0, ssl=context, **options) as secure:
+                print(f"TLSPORT {secure.sockets[0].getsockname()[1]}", flush=True)
+                await stop.wait()
 
 
 # -- the parent's side ------------------------------------------------------------------------
@@ -242,14 +286,17 @@ class _Server:
 class LoadServer:
     """The load server in a subprocess, for a ``with`` block; ``url`` is where it listens."""
 
-    def __init__(self, python: str | None = None) -> None:
+    def __init__(self, python: str | None = None, tls: tuple[str, str] | None = None) -> None:
         self._python = python or sys.executable
         self._proc: subprocess.Popen[str] | None = None
+        self._tls = tls
         self.port = 0
+        self.tls_port = 0
 
     def __enter__(self) -> LoadServer:
+        extra = ["--tls", *self._tls] if self._tls else []
         self._proc = subprocess.Popen(
-            [self._python, str(HERE / "_feed.py")],
+            [self._python, str(HERE / "_feed.py"), *extra],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
         assert self._proc.stdout is not None
@@ -258,6 +305,12 @@ class LoadServer:
             self.__exit__(None, None, None)
             raise RuntimeError(f"load server did not start (said {line!r})")
         self.port = int(line.split()[1])
+        if self._tls:
+            line = self._proc.stdout.readline()
+            if not line.startswith("TLSPORT "):
+                self.__exit__(None, None, None)
+                raise RuntimeError(f"load server did not open its TLS listener (said {line!r})")
+            self.tls_port = int(line.split()[1])
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -277,6 +330,10 @@ class LoadServer:
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/"
+
+    @property
+    def tls_url(self) -> str:
+        return f"wss://127.0.0.1:{self.tls_port}/"
 
 
 async def server_cpu(ws: Any) -> float:
@@ -313,4 +370,5 @@ def sink_rate(port: int, n: int) -> float:
 
 
 if __name__ == "__main__":
-    asyncio.run(_Server().main())
+    _tls = (sys.argv[2], sys.argv[3]) if len(sys.argv) == 4 and sys.argv[1] == "--tls" else None
+    asyncio.run(_Server().main(_tls))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import types
 from collections import OrderedDict, defaultdict
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -233,6 +235,89 @@ def test_defaultdict_message_is_not_mutated() -> None:
     index, _ = index_of([{"s": "A"}], [{("o", "x"): 1}], [{"p": lambda v: True}])
     assert index.match(msg) == ()
     assert dict(msg) == {"s": "B"}
+
+
+# --- Typed messages: msgspec Structs and dataclasses ----------------------------------------
+
+
+class Trade(msgspec.Struct):
+    """A Binance trade as a Struct."""
+
+    e: str
+    s: str
+    p: str
+    o: Any = msgspec.UNSET
+
+
+@dataclasses.dataclass
+class Info:
+    """A nested dataclass."""
+
+    x: str
+
+    def method(self) -> str:
+        """Not a field: filters must not see it."""
+        return "NEW"
+
+    @property
+    def prop(self) -> str:
+        """Not a field either."""
+        return "NEW"
+
+
+def test_struct_fields_match_like_keys() -> None:
+    """{"s": "A"} matches a Struct whose field s == "A", through the index and matches()."""
+    index, _ = index_of([{"e": "trade", "s": "A"}], [{"s": "B"}], [{"p": lambda v: float(v) > 1}])
+    msg = Trade(e="trade", s="A", p="2.5")
+    assert sorted(index.match(msg)) == [0, 2]
+    assert matches(compile_filters([{"s": "A"}]), msg)
+    assert not matches(compile_filters([{"s": "B"}]), msg)
+
+
+def test_dataclass_fields_match_like_keys() -> None:
+    """A dataclass message matches on its fields, and a tuple path goes into nested ones."""
+    index, _ = index_of([{"x": "NEW"}], [{("o", "x"): "NEW"}], [{("o", "x"): "OLD"}])
+    assert list(index.match(Info("NEW"))) == [0]
+    assert list(index.match(Trade(e="trade", s="A", p="1", o=Info("NEW")))) == [1]
+    assert list(index.match({"o": Info("NEW")})) == [1]
+    assert list(index.match(Trade(e="trade", s="A", p="1", o={"x": "OLD"}))) == [2]
+
+
+def test_only_declared_fields_count() -> None:
+    """Methods, properties, dunders, non-string keys and unset fields are missing."""
+    index, _ = index_of([{"method": "NEW"}], [{"prop": "NEW"}], [{"__class__": Info}],
+                        [{"o": msgspec.UNSET}], [{1: "x"}], [{"o": lambda v: True}])
+    assert list(index.match(Info("NEW"))) == []
+    assert list(index.match(Trade(e="trade", s="A", p="1"))) == []
+    assert not matches(compile_filters([{"prop": "NEW"}]), Info("NEW"))
+
+
+def test_empty_dict_filter_matches_typed_messages() -> None:
+    """[{}] matches every mapping and every typed message, nothing else."""
+    clauses = compile_filters([{}])
+    assert matches(clauses, Info("x"))
+    assert matches(clauses, Trade(e="", s="", p=""))
+    index, _ = index_of([{}])
+    assert list(index.match(Info("x"))) == [0]
+    assert list(index.match(object())) == []
+
+
+def test_typed_messages_use_the_buckets() -> None:
+    """Among 1,000 symbol filters, a Struct message evaluates only its own candidate."""
+    calls: list[int] = []
+
+    def seen(i: int) -> Any:
+        return lambda v: calls.append(i) or True
+
+    index, _ = index_of(*([{"s": f"S{i}", "p": seen(i)}] for i in range(1000)))
+    assert list(index.match(Trade(e="trade", s="S7", p="1"))) == [7]
+    assert calls == [7]
+
+
+def test_a_dataclass_class_is_not_a_message_with_fields() -> None:
+    """The class itself is not an instance: its field names are not its attributes."""
+    index, _ = index_of([{"x": "NEW"}])
+    assert list(index.match(Info)) == []
 
 
 def test_remove_stops_matching() -> None:
@@ -505,6 +590,7 @@ PREDICATES = [
     Pred("is_str", lambda v: isinstance(v, str)),
     Pred("truthy", lambda v: v),
     Pred("never", lambda v: False),
+    Pred("always", lambda v: True),  # tells a present field from a missing one
 ]
 
 WHOLE = [
@@ -548,11 +634,43 @@ message_values = st.recursive(
     max_leaves=6,
 )
 mapping_messages = st.dictionaries(st.sampled_from(KEYS), message_values, max_size=3)
+
+# A Struct with every key as a field, UNSET unless given (UNSET counts as missing), and a
+# dataclass per set of keys (a key not given is no field at all).
+AnyKeys = msgspec.defstruct("AnyKeys", [(k, Any, msgspec.UNSET) for k in KEYS])
+_DATACLASSES: dict[tuple[str, ...], type] = {}
+
+
+def as_dataclass(fields: dict[str, Any]) -> Any:
+    """A dataclass instance whose fields are exactly fields."""
+    names = tuple(sorted(fields))
+    cls = _DATACLASSES.get(names)
+    if cls is None:
+        cls = _DATACLASSES[names] = dataclasses.make_dataclass("Keys_" + "".join(names), names)
+    return cls(**fields)
+
+
+@st.composite
+def typed_variant(draw: Any, msg: Any) -> Any:
+    """msg with some of its dicts (itself included) turned into Structs or dataclasses."""
+    if not isinstance(msg, dict):
+        return msg
+    fields = {k: draw(typed_variant(v)) for k, v in msg.items()}
+    kind = draw(st.sampled_from(["dict", "struct", "dataclass"]))
+    if kind == "struct":
+        return AnyKeys(**fields)
+    if kind == "dataclass":
+        return as_dataclass(fields)
+    return fields
+
+
+typed_messages = mapping_messages.flatmap(typed_variant)
 messages = st.one_of(
     mapping_messages,
     mapping_messages,
     mapping_messages.map(OrderedDict),
     mapping_messages.map(types.MappingProxyType),
+    typed_messages,
     st.sampled_from(["x", "a", 0, None, ["a"], ("a", 1)]),
 )
 
@@ -582,16 +700,39 @@ def messages_for(draw: Any, filter_lists: list[Any]) -> Any:
                     child = parent[step] = {}
                 parent = child
             parent[path[-1]] = value
-    return draw(st.sampled_from([dict, dict, OrderedDict, types.MappingProxyType]))(msg)
+    kind = draw(st.sampled_from(["dict", "dict", "ordered", "proxy", "typed"]))
+    if kind == "typed":
+        return draw(typed_variant(msg))
+    return {"dict": dict, "ordered": OrderedDict, "proxy": types.MappingProxyType}[kind](msg)
+
+
+def is_typed(msg: Any) -> bool:
+    """Whether msg is a typed message: a Struct or dataclass instance."""
+    return isinstance(msg, msgspec.Struct) or (dataclasses.is_dataclass(msg) and not isinstance(msg, type))
+
+
+def plain_step(msg: Any, step: Any) -> Any:
+    """msg[step] for a mapping, msg.step for a declared, set field of a typed message; else _MISSING."""
+    if isinstance(msg, Mapping):
+        return msg[step] if step in msg else _MISSING
+    if isinstance(msg, msgspec.Struct):
+        if step not in msg.__struct_fields__:
+            return _MISSING
+        value = getattr(msg, step)
+        return _MISSING if value is msgspec.UNSET else value
+    if is_typed(msg):
+        names = [f.name for f in dataclasses.fields(msg)]
+        return getattr(msg, step) if step in names else _MISSING
+    return _MISSING
 
 
 def plain_field(msg: Any, key: Any) -> Any:
     """msg[key], following a tuple key as a path; _MISSING when a step is not there."""
     path = key if isinstance(key, tuple) else (key,)
     for step in path:
-        if not isinstance(msg, Mapping) or step not in msg:
+        msg = plain_step(msg, step)
+        if msg is _MISSING:
             return _MISSING
-        msg = msg[step]
     return msg
 
 
@@ -602,7 +743,7 @@ def plain_item_matches(item: Any, msg: Any) -> bool:
             return bool(item(msg))
         except Exception:
             return False
-    if not isinstance(msg, Mapping):
+    if not isinstance(msg, Mapping) and not is_typed(msg):
         return False
     for key, value in item.items():
         field = plain_field(msg, key)

@@ -89,3 +89,13 @@ def test_order_book_matches_the_exchange_after_a_gap_a_drop_and_a_recycle() -> N
         "gaps: 1, resyncs: 5, recycles: 1, reconnects: 1",
     ]
     assert re.fullmatch(r"dropped as sent twice: \d+, as older than a snapshot: [1-9]\d*", lines[-1])
+
+
+def test_typed_trades_filters_structs_and_counts_the_bad_frame() -> None:
+    """typed_trades.py routes msgspec Structs by their fields and counts the frame that is not a Trade."""
+    assert run_example("typed_trades.py").splitlines() == [
+        "BTCUSDT VWAP over 60 Trade messages: 64,009.79",
+        "ETHUSDT trades at 3,110 or more: 32",
+        "maker-side trades (handler): {'BTCUSDT': 20, 'ETHUSDT': 20}",
+        "parse errors: 1, messages: 120",
+    ]
