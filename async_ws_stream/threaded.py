@@ -64,6 +64,8 @@ class AsyncClient(Protocol[M]):
         maxsize: int | None = None,
         overflow: Overflow | None = None,
         copy: bool = False,
+        events: bool = False,
+        gaps: bool = False,
     ) -> Stream[M]: ...
 
     def add_handler(
@@ -262,11 +264,14 @@ class ThreadedClient(Generic[M]):
         maxsize: int | None = None,
         overflow: Overflow | None = None,
         copy: bool = False,
+        events: bool = False,
+        gaps: bool = False,
         timeout: float | None = None,
     ) -> BlockingStream[M]:
         """Return a blocking iterator over the messages matching ``filters``, from now on.
 
-        Filters and buffer options are those of :meth:`AsyncWsStream.stream_filter`.
+        Filters, buffer options and ``events``/``gaps`` (lifecycle events in-band) are
+        those of :meth:`AsyncWsStream.stream_filter`.
 
         Args:
             timeout: Default per-item timeout of the iterator: waiting longer than
@@ -279,7 +284,8 @@ class ThreadedClient(Generic[M]):
         check_timeout("stream_filter", timeout)
 
         def make() -> Stream[M]:
-            return self.client.stream_filter(filters, maxsize=maxsize, overflow=overflow, copy=copy)
+            return self.client.stream_filter(filters, maxsize=maxsize, overflow=overflow, copy=copy,
+                                             events=events, gaps=gaps)
 
         stream = BlockingStream(self._call, self._call_sync(make), timeout)
         self._streams.add(stream)

@@ -328,6 +328,17 @@ async def _handlers(args: Args, meter: Meter, asynchronous: bool) -> list[str]:
         await client.exit()
 
 
+def _instrumented(url: str) -> BenchClient:
+    """The README's client with Prometheus metrics on (async_ws_stream.metrics), before its streams are made."""
+    from prometheus_client import CollectorRegistry
+
+    from async_ws_stream.metrics import instrument
+
+    client = BenchClient(url)
+    instrument(client, registry=CollectorRegistry(), name="bench")
+    return client
+
+
 def _tls(args: Args) -> BenchClient:
     client = TlsClient(args.tls_url)
     client.ssl = client_ssl(args.cert)
@@ -358,6 +369,8 @@ CASES: dict[str, Case] = {
     "lib-1k-picows": lambda a, m: _symbol_streams(PicowsClient(a.url), a, m, SYMBOLS),
     "lib-1-msgspec": lambda a, m: _one_stream(MsgspecClient(a.url), a, m, lambda t: t.t),
     "lib-1k-msgspec": lambda a, m: _symbol_streams(MsgspecClient(a.url), a, m, SYMBOLS, sym_of=lambda t: t.s),
+    "lib-1-metrics": lambda a, m: _one_stream(_instrumented(a.url), a, m),
+    "lib-1k-metrics": lambda a, m: _symbol_streams(_instrumented(a.url), a, m, SYMBOLS),
     "sync-handler": lambda a, m: _handlers(a, m, asynchronous=False),
     "async-handler": lambda a, m: _handlers(a, m, asynchronous=True),
 }

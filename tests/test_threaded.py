@@ -21,6 +21,7 @@ from async_ws_stream import (
     ConnectionLost,
     Disconnected,
     RetriesExhausted,
+    Retrying,
     StreamOverflow,
     Timeout,
 )
@@ -285,3 +286,20 @@ async def test_events_as_a_blocking_iterator(server: FeedServer) -> None:
     seen = await asyncio.to_thread(list, events)
     assert seen[0] == Connected(1) and isinstance(seen[1], Disconnected)
     assert Connected(2) in seen and seen[-1] == Closed()
+
+
+async def test_stream_filter_carries_events_in_band(server: FeedServer) -> None:
+    """handle.stream_filter(events=True): a drop reads Disconnected, Retrying, Connected(2), then the message."""
+    h: ThreadedClient[Any] = JsonClient.start_in_thread(server.url, backoff_initial=0.01)
+    try:
+        await asyncio.to_thread(h.wait_connected, 5)
+        mixed = h.stream_filter([{"n": 1}], events=True, timeout=5)
+        await server.drop()
+        await server.wait_connections(2)
+        await asyncio.to_thread(h.wait_connected, 5)
+        await server.broadcast({"n": 1})
+        seen = await asyncio.to_thread(lambda: [mixed.get() for _ in range(4)])
+    finally:
+        await asyncio.to_thread(h.exit)
+    assert [type(item) for item in seen[:2]] == [Disconnected, Retrying]
+    assert seen[2:] == [Connected(2), {"n": 1}]
