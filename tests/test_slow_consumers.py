@@ -12,7 +12,7 @@ from websockets.asyncio.client import connect
 
 from async_ws_stream import StreamOverflow
 from async_ws_stream.testing import FeedServer
-from async_ws_stream.transports import picows_connect
+from async_ws_stream.transports import DEFAULT_READ_SIZE, picows_connect
 
 from .conftest import JsonClient, settle
 
@@ -113,8 +113,13 @@ async def test_slow_consumers_drop_while_fast_ones_get_everything(feed: FeedServ
         await client.exit()
 
 
-async def test_memory_stays_bounded_with_a_consumer_that_never_reads(feed: FeedServer) -> None:
-    """Traced memory after 6,000 messages is within 2 MB of what it was after 1,000."""
+async def test_memory_stays_bounded_with_a_consumer_that_never_reads(feed: FeedServer, transport: str) -> None:
+    """Traced memory after 10,000 messages is within 2 MB (plus picows' read buffer) of what it was after 5,000.
+
+    picows' own receive buffer may still grow towards its read_size (4 MiB, the bound
+    the README gives for it) in the measured burst, depending on how reads fall: that
+    growth is bounded, and allowed. Unbounded stream buffers would add 10 MB.
+    """
     client = JsonClient(feed.url)
     tracemalloc.start()
     try:
@@ -123,7 +128,7 @@ async def test_memory_stays_bounded_with_a_consumer_that_never_reads(feed: FeedS
                 for policy in ("drop_oldest", "drop_newest")]
         client.add_handler(lambda msg: None)
         await client.wait_connected(timeout=5)
-        await feed.publish(big(i) for i in range(1_000))
+        await feed.publish(big(i) for i in range(5_000))
         await settle(client, feed)
         warm, _ = tracemalloc.get_traced_memory()
         await feed.publish(big(i) for i in range(5_000))
@@ -133,6 +138,7 @@ async def test_memory_stays_bounded_with_a_consumer_that_never_reads(feed: FeedS
         tracemalloc.stop()
         await client.exit()
     # Unbounded buffers would hold 5,000 more messages of over 2 KB: 10 MB.
-    assert hot - warm < 2_000_000, f"grew {hot - warm} bytes"
-    assert client.stats()["dropped"] == 2 * (6_000 + 2 - 100)  # the two settle markers too
-    assert all(stream.dropped == 6_000 + 2 - 100 for stream in held)
+    allowed = 2_000_000 + (DEFAULT_READ_SIZE if transport == "picows" else 0)
+    assert hot - warm < allowed, f"grew {hot - warm} bytes"
+    assert client.stats()["dropped"] == 2 * (10_000 + 2 - 100)  # the two settle markers too
+    assert all(stream.dropped == 10_000 + 2 - 100 for stream in held)
