@@ -83,49 +83,41 @@ async def test_demo_redraws_in_place_on_a_terminal() -> None:
     assert "\x1b[?25hdemo finished" in out.rstrip().splitlines()[-2]  # cursor shown again, then the summary
 
 
-async def test_demo_exits_0_on_ctrl_c() -> None:
-    """SIGINT ends the demo cleanly: exit status 0, a summary, no traceback."""
+async def stop_demo_with(launcher: list[str], sig: signal.Signals) -> tuple[int | None, str, str]:
+    """Start the demo, send ``sig`` once the feed flows, and return its status, stdout and stderr."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", WITH_CTRL_C, "demo",
+        sys.executable, *launcher, "demo",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=child_env(),
     )
     try:
         async with asyncio.timeout(BUDGET):
             assert proc.stdout is not None
-            # The first status line means the feed is flowing; then Ctrl-C.
+            # The first status line means the feed is flowing; then the signal.
             while b"up connects=" not in await proc.stdout.readline():
                 pass
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(sig)
             rest, err = await proc.communicate()
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.communicate()
-    assert proc.returncode == 0
-    assert "Traceback" not in err.decode()
-    assert "demo finished" in rest.decode()
+    return proc.returncode, rest.decode(), err.decode()
+
+
+async def test_demo_exits_0_on_ctrl_c() -> None:
+    """SIGINT ends the demo cleanly: exit status 0, a summary, no traceback."""
+    code, rest, err = await stop_demo_with(["-c", WITH_CTRL_C], signal.SIGINT)
+    assert code == 0
+    assert "Traceback" not in err
+    assert "demo finished" in rest
 
 
 async def test_demo_exits_143_on_sigterm_with_its_summary() -> None:
     """SIGTERM ends the demo as Ctrl-C does (summary, no traceback), with status 143."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "async_ws_stream", "demo",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=child_env(),
-    )
-    try:
-        async with asyncio.timeout(BUDGET):
-            assert proc.stdout is not None
-            while b"up connects=" not in await proc.stdout.readline():
-                pass
-            proc.send_signal(signal.SIGTERM)
-            rest, err = await proc.communicate()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.communicate()
-    assert proc.returncode == 143
-    assert "Traceback" not in err.decode()
-    assert "demo finished" in rest.decode()
+    code, rest, err = await stop_demo_with(["-m", "async_ws_stream"], signal.SIGTERM)
+    assert code == 143
+    assert "Traceback" not in err
+    assert "demo finished" in rest
 
 
 async def test_demo_summary_explains_published_minus_received() -> None:
