@@ -15,6 +15,8 @@ The rooms, one idea each (the README's "How it is built" says more)::
     _link.py          one open connection (Link), the WebSocket protocol it fits, the Gate senders wait on
     _backoff.py       pure: RetryPolicy and the delays; which failures are fatal
     _conversation.py  request, expect, wait_for, poll
+    _shards.py        declared subscriptions over one supervisor per shard: subscribe, unsubscribe
+    _subscriptions.py pure: rate limits (send_rate, connect_rate), where topics go, message chunks
     _consumers.py     the registry of streams and handlers
     _streams.py       Stream (the consumer's handle) over its Feed (buffer, overflow policy)
     _handlers.py      sync and async handlers
@@ -53,6 +55,7 @@ from ._events import (
     Retrying,
 )
 from ._expect import Expectation
+from ._shards import ShardInfo
 from ._streams import Stream
 from .exceptions import (
     Alarm,
@@ -62,6 +65,7 @@ from .exceptions import (
     ConnectionRejected,
     RetriesExhausted,
     StreamOverflow,
+    SubscribeError,
     Timeout,
 )
 from .threaded import BlockingStream, ThreadedClient
@@ -88,8 +92,10 @@ __all__ = [
     "Recycling",
     "RetriesExhausted",
     "Retrying",
+    "ShardInfo",
     "Stream",
     "StreamOverflow",
+    "SubscribeError",
     "ThreadedClient",
     "Timeout",
     "__version__",

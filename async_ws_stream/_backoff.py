@@ -303,6 +303,14 @@ class RetryPolicy:
     def __repr__(self) -> str:
         return f"<RetryPolicy attempts={self.attempts} max_retries={self.max_retries}>"
 
+    def fresh(self) -> RetryPolicy:
+        """A policy with the same settings and nothing counted yet (one per shard)."""
+        return RetryPolicy(
+            initial=self.initial, factor=self.factor, maximum=self.maximum, jitter=self.jitter,
+            max_retries=self.max_retries, stable_after=self.stable_after, is_fatal=self._is_fatal,
+            random=self._random,
+        )
+
     def _fresh_delays(self) -> Iterator[float]:
         return backoff_delays(self.initial, self.factor, self.maximum, self.jitter, random=self._random)
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Callable
+import itertools
+import time
+from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -23,7 +25,7 @@ from ._backoff import RetryPolicy
 from ._compat import OlderNames, one_of
 from ._consumers import Consumers
 from ._conversation import Conversations, Conversing
-from ._counters import Counters, report
+from ._counters import Counters, report, total
 from ._dispatch import Index, Target
 from ._events import Closed, Event, GaveUp
 from ._filters import Filters
@@ -51,11 +53,13 @@ from ._options import (
     check_number,
 )
 from ._redact import describe, traceback_of
-from ._scopes import check_not_in_on_connect
+from ._sending import Sending
 from ._sequencer import sequence_stats, wire_sequences
+from ._shards import Shard, Shards, Subscribing, enter
 from ._streams import Pressure, Stream
+from ._subscriptions import Rate, RateLimit, check_limits
 from ._supervisor import State, Supervisor
-from .exceptions import ClientClosed, Timeout
+from .exceptions import ClientClosed
 from .threaded import ThreadedClient
 
 __all__ = ["AsyncWebsocketStreamInterface", "AsyncWsStream"]
@@ -63,7 +67,7 @@ __all__ = ["AsyncWebsocketStreamInterface", "AsyncWsStream"]
 M = TypeVar("M")
 
 
-class AsyncWsStream(OlderNames, Conversing[M], ClientHooks[M]):
+class AsyncWsStream(Sending, OlderNames, Conversing[M], Subscribing, ClientHooks[M]):
     """One websocket connection, kept alive, as any number of filtered message streams.
 
     Subclass it and implement three hooks:
@@ -73,8 +77,10 @@ class AsyncWsStream(OlderNames, Conversing[M], ClientHooks[M]):
     * ``_parse_raw_data(raw)``: a frame (``str``/``bytes``) to a message, or None to skip the
       frame; a plain function or a coroutine function.
 
-    and optionally ``async _on_connect(ws)`` (subscribe, log in), ``_serialize(msg)``,
-    and ``_sequence``/``_resync`` (exactly once per key, in order, or a visible ``Gap``).
+    and optionally ``async _on_connect(ws)`` (log in), ``_serialize(msg)``,
+    ``_subscribe_message``/``_unsubscribe_message`` (``subscribe(*topics)``: a declared
+    set, subscribed again on every connection, sharded over connections by the venue's
+    limits) and ``_sequence``/``_resync`` (exactly once per key, in order, or a visible ``Gap``).
 
     Guarantees:
 
@@ -118,6 +124,9 @@ class AsyncWsStream(OlderNames, Conversing[M], ClientHooks[M]):
             (default 1008 and 4000-4999); a set of ints 1000-4999.
         send_timeout: Default timeout of :meth:`send`, including the wait for a
             connection. None waits forever.
+        max_subscriptions_per_connection, max_topics_per_message, send_rate, connect_rate:
+            The venue's limits (default: the class attributes of those names; see
+            :class:`~._hooks.ClientHooks`).
 
     Constructed inside a running event loop, the client starts at once; otherwise
     on :meth:`start` or ``async with``.
@@ -142,6 +151,11 @@ class AsyncWsStream(OlderNames, Conversing[M], ClientHooks[M]):
         fatal_close_codes: frozenset[int] | set[int] | range | tuple[int, ...] = DEFAULT_FATAL_CLOSE_CODES,
         # Sending
         send_timeout: float | None = DEFAULT_SEND_TIMEOUT,
+        # The venue's limits
+        max_subscriptions_per_connection: int | None | Default = Default.CLASS,
+        max_topics_per_message: int | None | Default = Default.CLASS,
+        send_rate: Rate | None | Default = Default.CLASS,
+        connect_rate: Rate | None | Default = Default.CLASS,
     ) -> None:
         name = type(self).__name__
         check_buffer(name, maxsize, overflow)
@@ -151,6 +165,9 @@ class AsyncWsStream(OlderNames, Conversing[M], ClientHooks[M]):
             check_number(name, "send_timeout", send_timeout, positive=True)
         check_choice(name, "idle_counts", idle_counts, IDLE_COUNTS)
         self._fatal_close_codes = check_close_codes(name, fatal_close_codes)
+        given = dict(max_subscriptions_per_connection=max_subscriptions_per_connection,
+                     max_topics_per_message=max_topics_per_message, send_rate=send_rate, connect_rate=connect_rate)
+        limits = check_limits(name, {k: getattr(self, k) if isinstance(v, Default) else v for k, v in given.items()})
         policy = RetryPolicy(
             initial=backoff_initial, factor=backoff_factor, maximum=backoff_max, jitter=backoff_jitter,
             max_retries=max_retries, stable_after=stable_after, is_fatal=self._is_fatal, where=name,
@@ -174,11 +191,27 @@ class AsyncWsStream(OlderNames, Conversing[M], ClientHooks[M]):
         # Every event goes through self._emit: with a _sequence hook, a sequencer watches them go by.
         self._sequencer, self._emit, admit = wire_sequences(self, index, self._counters, self._consumers,
                                                             self._tasks, policy)
-        self._supervisor = Supervisor(
-            self, index=index, counters=self._counters, pressure=pressure, policy=policy,
-            idle_timeout=idle_timeout, idle_counts=idle_counts, on_closed=self._conversations.connection_closed,
-            emit=self._emit, admit=admit,
+        numbers = itertools.count(1)  # connection numbers, unique over the shards
+        rate: Rate | None = limits["connect_rate"]
+        connect_limit = None if rate is None else RateLimit(rate[0], rate[1], time.monotonic)
+
+        def make(shard: int, on_open: Callable[[Link], Coroutine[Any, Any, None]]) -> tuple[Supervisor, Counters]:
+            counters = Counters()
+            return Supervisor(
+                self, index=index, counters=counters, pressure=pressure, policy=policy if shard == 0 else policy.fresh(),
+                idle_timeout=idle_timeout, idle_counts=idle_counts, on_closed=self._conversations.connection_closed,
+                emit=self._emit, admit=admit, shard=shard, numbers=numbers, on_open=on_open,
+                send_rate=limits["send_rate"], connect_limit=connect_limit,
+            ), counters
+
+        self._shards = Shards(
+            self, limits=limits, make=make, start=self._start_shard, counters=self._counters,
+            spawn=self._tasks.spawn, next_id=self._conversations.next_id,
+            request=lambda conn, msg, timeout: self._conversations.request(msg, timeout, self.request_id_key, on=conn),
         )
+        #: Shard 0's: the connection of send, request and wait_connected.
+        self._supervisor = self._shards.first.supervisor
+        self._failure: Callable[[], BaseException] | None = None
         if running_loop() is not None:
             self._start()
 
@@ -192,7 +225,8 @@ class AsyncWsStream(OlderNames, Conversing[M], ClientHooks[M]):
         self._check_open("start")
         if self._tasks.started:
             return
-        self._tasks.start(self._supervise())
+        for shard in self._shards:
+            self._tasks_start_shard(shard)
         for handler in self._consumers.async_handlers:
             if handler.task is None:
                 handler.task = self._tasks.spawn(handler.run(), f"handler {handler.fn!r}")
@@ -205,6 +239,15 @@ class AsyncWsStream(OlderNames, Conversing[M], ClientHooks[M]):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.exit()
+
+    def _start_shard(self, shard: Shard) -> None:
+        """Start a new shard's supervisor, if the client runs (else :meth:`_start` will)."""
+        if self._tasks.started and not self._tasks.closing:
+            self._tasks_start_shard(shard)
+
+    def _tasks_start_shard(self, shard: Shard) -> None:
+        what = f"supervisor shard {shard.number}" if shard.number else "supervisor"
+        shard.task = self._tasks.start(self._supervise(shard), what)
 
     async def exit(self) -> None:
         """Close the connection (with a close frame), end every stream, and stop every task.
@@ -223,10 +266,11 @@ class AsyncWsStream(OlderNames, Conversing[M], ClientHooks[M]):
         (``_on_connect``, an async ``_parse_raw_data``) that calls it is
         cancelled instead: the supervisor it runs in is being stopped.
         """
-        await self._tasks.exit(
-            lambda: self._supervisor.gate.fail(lambda: ClientClosed("the client has exited")),
-            self._release,
-        )
+        await self._tasks.exit(lambda: self._fail_gates(lambda: ClientClosed("the client has exited")), self._release)
+
+    def _fail_gates(self, make_error: Callable[[], BaseException]) -> None:
+        for shard in self._shards:
+            shard.supervisor.gate.fail(make_error)
 
     async def _release(self) -> None:
         """End every consumer and wait at exit; a handler that called exit() loses its backlog."""
@@ -239,8 +283,9 @@ class AsyncWsStream(OlderNames, Conversing[M], ClientHooks[M]):
                 await handler.stream.close()
         logger.info("{} exiting", type(self).__name__)
 
-    async def _supervise(self) -> None:
-        error = await self._supervisor.run()
+    async def _supervise(self, shard: Shard) -> None:
+        enter(shard)  # hooks run by this task (and the tasks they start) learn their shard
+        error = await shard.supervisor.run()
         # Announced only now, so that whoever sees the error finds the connection
         # closed and nothing of the supervisor's still running.
         if error is not None and not self._tasks.closing:
@@ -253,17 +298,18 @@ class AsyncWsStream(OlderNames, Conversing[M], ClientHooks[M]):
         def make_error() -> BaseException:
             return _copy_error(error)
 
-        self._supervisor.gate.fail(make_error)
+        self._failure = make_error
+        self._fail_gates(make_error)
+        for shard in self._shards:  # one shard's verdict is the client's: the others stop too
+            if shard.task is not None and shard.task is not asyncio.current_task():
+                shard.task.cancel()
         self._emit(GaveUp(make_error()))
         self._consumers.end(make_error, events=False)
         self._conversations.fail_all(make_error)
 
     def _refusal(self) -> BaseException | None:
         """The error the client gave up with (a fresh copy), or None while it has not."""
-        gate = self._supervisor.gate
-        if self._supervisor.state is State.FAILED and gate.error is not None:
-            return gate.error()
-        return None
+        return None if self._failure is None else self._failure()
 
     def _predicate_failed(self, exc: BaseException, condition: object) -> None:
         self._counters.predicate_errors += 1
@@ -380,75 +426,6 @@ class AsyncWsStream(OlderNames, Conversing[M], ClientHooks[M]):
         """
         self._consumers.remove_handler(fn)
 
-    # -- talking to the server -------------------------------------------------------------
-
-    @property
-    def present_ws(self) -> Any:
-        """The connection new sends go out on, or None while there is none."""
-        current = self._supervisor.current
-        return current.ws if current is not None else None
-
-    async def wait_connected(self, timeout: float | None = None) -> Any:
-        """Wait until a connection is up and return it.
-
-        Raises:
-            Timeout: none within ``timeout`` seconds; it names the last connection
-                failure, if there was one, and chains it.
-            ClientClosed: the client exited.
-            RetriesExhausted, ConnectionRejected: the client gave up.
-        """
-        return (await self._wait_link(timeout, "wait_connected")).ws
-
-    async def _wait_link(self, timeout: float | None, what: str) -> Link:
-        self._check_open(what)
-        check_not_in_on_connect(what)
-        if not self._tasks.started:
-            self._start()
-        gate = self._supervisor.gate
-        if gate.value is not None:
-            return gate.value
-        try:
-            async with asyncio.timeout(timeout):
-                return await gate.wait()
-        except TimeoutError as exc:
-            if isinstance(exc, Timeout):
-                raise
-            raise self._no_connection(what, timeout) from exc
-
-    def _no_connection(self, what: str, timeout: float | None) -> Timeout:
-        """The error of a wait for a connection that ran out, naming why none could be made."""
-        last = self._supervisor.last_error
-        if last is None:
-            return Timeout(f"{what}: no connection within {timeout}s")
-        error = Timeout(f"{what}: no connection within {timeout}s; the last attempt failed: {describe(last)}")
-        error.__cause__ = last
-        return error
-
-    async def send(self, msg: Any, *, timeout: float | None | Default = Default.TIMEOUT) -> None:
-        """Send ``msg``: ``str``/``bytes`` as they are, anything else through :meth:`_serialize`.
-
-        Waits for a connection first, up to ``timeout`` seconds in all (default:
-        the client's ``send_timeout``).
-
-        Raises:
-            Timeout: no connection, or the send did not complete, in time.
-            ConnectionLost: the connection closed while sending.
-            ClientClosed: after :meth:`exit`.
-        """
-        limit = self._send_timeout if isinstance(timeout, Default) else timeout
-        data = msg if isinstance(msg, (str, bytes, bytearray, memoryview)) else self._serialize(msg)
-        conn: Link | None = None
-        try:
-            async with asyncio.timeout(limit):
-                conn = await self._wait_link(None, "send")
-                await conn.send(data)
-        except TimeoutError as exc:
-            if isinstance(exc, Timeout):
-                raise
-            if conn is None:
-                raise self._no_connection("send", limit)  # chains the last failure
-            raise Timeout(f"send: not sent within {limit}s") from exc
-
     def _watch_lag(self, on_wait: Callable[[float], None], on_message: Callable[[Any], None] | None) -> None:
         """Metrics' seam (see :func:`async_ws_stream.metrics.instrument`)."""
         self._consumers.watch_lag(on_wait, on_message)
@@ -461,13 +438,15 @@ class AsyncWsStream(OlderNames, Conversing[M], ClientHooks[M]):
         conn = supervisor.current
         last = supervisor.last_error
         return report(
-            self._counters,
-            state=State.CLOSED.value if self._tasks.closing else supervisor.state.value,
+            total(self._counters, *self._shards.counters()),
+            state=(State.CLOSED if self._tasks.closing else State.FAILED if self._failure else supervisor.state).value,
             connection=None if conn is None else conn.number,
             last_frame=None if conn is None else conn.last_frame,
             last_error=None if last is None else describe(last),
             pending=len(self._conversations),
             streams=self._consumers.snapshot(),
+            subscriptions=len(self._shards.topics),
+            shards=self._shards.snapshot(),
         ) | sequence_stats(self._counters, self._sequencer)
 
     @classmethod

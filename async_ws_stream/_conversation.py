@@ -124,8 +124,12 @@ class Conversations(Generic[M]):
 
     # -- the calls -------------------------------------------------------------------------
 
-    async def request(self, msg: Mapping[str, Any], timeout: float | None, key: str) -> M:
-        """See :meth:`AsyncWsStream.request`."""
+    def next_id(self) -> int:
+        """A fresh request id, from the counter every request of the client draws from."""
+        return next(self._ids)
+
+    async def request(self, msg: Mapping[str, Any], timeout: float | None, key: str, *, on: Link | None = None) -> M:
+        """See :meth:`AsyncWsStream.request`; ``on``: send on that connection instead of waiting for one."""
         if not isinstance(msg, Mapping):
             raise TypeError(f"request: msg must be a dict, got {type(msg).__name__} {msg!r:.60}")
         if not isinstance(key, str) or not key:
@@ -143,7 +147,7 @@ class Conversations(Generic[M]):
         expectation: Expectation[M] | None = None
         try:
             async with asyncio.timeout(timeout):
-                conn = await self._connection("request")
+                conn = on if on is not None else await self._connection("request")
                 # Filed before the send, so that no reply can slip past it; filed under
                 # the connection, so that losing it fails the request at once.
                 expectation = self.expect(compile_condition({key: rid}), (), None, on=conn)

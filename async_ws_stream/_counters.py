@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
-__all__ = ["Counters", "report"]
+__all__ = ["Counters", "report", "total"]
 
 
 @dataclass(slots=True)
@@ -41,6 +41,19 @@ class Counters:
     resync_errors: int = 0  # _resync attempts that raised (each retried)
     sequence_errors: int = 0  # _sequence raised: delivered untracked
     held_dropped: int = 0  # dropped from a key's full hold during its resync
+    # Subscriptions
+    subscribe_errors: int = 0  # subscribes and unsubscribes the server refused
+
+
+_FIELDS = tuple(f.name for f in fields(Counters))
+
+
+def total(*parts: Counters) -> Counters:
+    """One Counters with the sums of ``parts``: the client's own and each shard's supervisor's."""
+    out = Counters()
+    for name in _FIELDS:
+        setattr(out, name, sum(getattr(c, name) for c in parts))
+    return out
 
 
 def report(
@@ -52,6 +65,8 @@ def report(
     last_error: str | None,
     pending: int,
     streams: list[dict[str, Any]],
+    subscriptions: int = 0,
+    shards: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The dict ``stats()`` returns, fresh at each call.
 
@@ -67,7 +82,10 @@ def report(
     ``connected``, ``connection`` (the serving connection's number, or None), ``state`` (``"new"``, ``"connecting"``, ``"connected"``,
     ``"backoff"``, ``"failed"`` or ``"closed"``), ``last_error`` (the last failure to
     open or keep a connection, redacted, or None) and ``streams`` (a list of
-    ``{"filters", "queued", "dropped"}``). The client adds the sequence keys (with a
+    ``{"filters", "queued", "dropped"}``), ``subscriptions`` (topics in the declared
+    set), ``subscribe_errors`` (subscribes and unsubscribes the server refused) and
+    ``shards`` (one dict per connection of the client: see :meth:`~._shards.Shards.snapshot`).
+    The counters are the sums over every shard. The client adds the sequence keys (with a
     ``_sequence`` hook, else 0): ``duplicates``, ``gaps``, ``resyncs``, ``resync_errors``,
     ``resync_discarded``, ``sequence_errors``, ``held``, ``held_dropped``.
     """
@@ -93,4 +111,7 @@ def report(
         "last_frame_age": None if last_frame is None else time.monotonic() - last_frame,
         "last_error": last_error,
         "streams": streams,
+        "subscriptions": subscriptions,
+        "subscribe_errors": c.subscribe_errors,
+        "shards": [] if shards is None else shards,
     }

@@ -7,6 +7,10 @@ came from connection ``n`` (until the next ``Connected``). Streams made with
 ``stream_filter(..., events=True)`` carry the events in-band at exactly those
 points; ``client.events()`` carries the events alone.
 
+With shards (:mod:`._shards`), each shard's connection events carry ``shard``
+(0 for the first connection, and for every client that has only one); order
+holds per shard, and connection numbers are unique across shards.
+
 ``str(event)`` is one short line for a log or a terminal. A recycle is not a disconnection: it reads ``Recycling(old, reason)``, the old
 connection's last messages, ``Recycled(old, new)``, then ``Connected(new)``.
 """
@@ -34,9 +38,10 @@ class Connected:
     """Connection ``number`` carries messages from now on (the first, a reconnect, or a recycle's new one)."""
 
     number: int
+    shard: int = 0
 
     def __str__(self) -> str:
-        return f"connected (#{self.number})"
+        return f"connected (#{self.number}){_on(self.shard)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +50,10 @@ class Disconnected:
 
     number: int
     cause: str
+    shard: int = 0
 
     def __str__(self) -> str:
-        return f"connection #{self.number} lost: {self.cause}"
+        return f"connection #{self.number} lost: {self.cause}{_on(self.shard)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +63,10 @@ class Retrying:
     attempt: int
     delay: float
     cause: str
+    shard: int = 0
 
     def __str__(self) -> str:
-        return f"retry {self.attempt} in {self.delay:.2f}s after {self.cause}"
+        return f"retry {self.attempt} in {self.delay:.2f}s after {self.cause}{_on(self.shard)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +75,10 @@ class Recycling:
 
     number: int
     reason: str
+    shard: int = 0
 
     def __str__(self) -> str:
-        return f"recycling #{self.number}: {self.reason}"
+        return f"recycling #{self.number}: {self.reason}{_on(self.shard)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +87,10 @@ class Recycled:
 
     old: int
     new: int
+    shard: int = 0
 
     def __str__(self) -> str:
-        return f"recycled #{self.old} -> #{self.new}"
+        return f"recycled #{self.old} -> #{self.new}{_on(self.shard)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +121,11 @@ class Closed:
 
     def __str__(self) -> str:
         return "closed"
+
+
+def _on(shard: int) -> str:
+    # A one-connection client's lines read exactly as before shards existed.
+    return f" [shard {shard}]" if shard else ""
 
 
 Event = Connected | Disconnected | Retrying | Recycling | Recycled | Gap | GaveUp | Closed

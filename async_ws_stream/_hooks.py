@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import json
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from typing import Any, ClassVar, Generic, TypeVar
 
 from ._backoff import fatal_error
@@ -37,6 +37,21 @@ class ClientHooks(abc.ABC, Generic[M]):
     #: Messages one key may hold while its resync runs; beyond, the oldest is dropped
     #: (counted in ``stats()["held_dropped"]``).
     resync_maxsize: ClassVar[int] = 10_000
+
+    # Subscriptions and the venue's limits (see _shards and _subscriptions); each may
+    # also be given as the constructor's keyword option of the same name.
+    #: Topics one connection may carry; more open more connections (shards). None: no limit.
+    max_subscriptions_per_connection: ClassVar[int | None] = None
+    #: Topics in one subscribe message; a bigger set is split. None: one message.
+    max_topics_per_message: ClassVar[int | None] = None
+    #: ``(count, seconds)``: at most ``count`` frames sent per connection in any
+    #: ``seconds`` (subscribes, requests, ``send``). None: no limit.
+    send_rate: ClassVar[tuple[int, float] | None] = None
+    #: ``(count, seconds)``: at most ``count`` connection attempts, over every shard.
+    connect_rate: ClassVar[tuple[int, float] | None] = None
+    #: Whether the venue answers a subscribe with a reply carrying the request's id
+    #: (Binance, Bybit, Kraken's req_id): ``subscribe`` waits for it. False: sent, not awaited.
+    subscription_acks: ClassVar[bool] = True
 
     #: The client's ``fatal_close_codes=`` option, set by its constructor.
     _fatal_close_codes: frozenset[int] = DEFAULT_FATAL_CLOSE_CODES
@@ -70,6 +85,36 @@ class ClientHooks(abc.ABC, Generic[M]):
         call would fail on every connection); ``expect`` may be called here and
         awaited after the hook.
         """
+
+    def _subscribe_message(self, topics: list[Any]) -> Any:
+        """Return the message (or a list of messages) that subscribes ``topics``; needed by ``subscribe``.
+
+        A dict, sent as a request: the client adds its id under ``request_id_key``
+        and waits for the reply carrying it (Binance:
+        ``{"method": "SUBSCRIBE", "params": topics}``). With ``subscription_acks =
+        False``, any message ``send`` takes, not awaited. Return ``[]`` to send nothing
+        (topics the URL carries: read ``self.current_shard.topics`` in ``_create_ws``).
+        """
+        raise NotImplementedError
+
+    def _unsubscribe_message(self, topics: list[Any]) -> Any:
+        """Return the message (or messages) that unsubscribes ``topics``, as :meth:`_subscribe_message`."""
+        raise NotImplementedError
+
+    def _reply_error(self, reply: Any) -> object | None:
+        """Return what makes ``reply`` (to a subscribe or unsubscribe) an error, or None if it is an ack.
+
+        By default a mapping with a truthy ``"error"`` (Binance, JSON-RPC), an
+        ``"event"`` or ``"status"`` of ``"error"`` (OKX, Kraken) or ``"success": false``
+        (Bybit) is an error. Override for other venues.
+        """
+        if isinstance(reply, Mapping):
+            error: object = reply.get("error")
+            if error:
+                return error
+            if reply.get("event") == "error" or reply.get("status") == "error" or reply.get("success") is False:
+                return reply
+        return None
 
     def _serialize(self, msg: Any) -> str | bytes:
         """Encode a non-``str``/``bytes`` message for :meth:`send` (default: compact JSON)."""

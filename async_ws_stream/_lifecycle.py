@@ -1,8 +1,9 @@
 """The tasks one client owns, and the order in which they end at ``exit()``.
 
 Every task of the library is started through :meth:`Tasks.spawn` and so has an
-owner that awaits it: the supervisor (one, the *main* task) and one worker per
-async handler. :meth:`Tasks.exit` stops them in this order: the main task is
+owner that awaits it: the supervisors (the *main* tasks: one per shard, see
+:mod:`._shards`) and the workers (one per async handler, and the subscribes
+under way). :meth:`Tasks.exit` stops them in this order: the main tasks are
 cancelled at once; workers get a grace period to finish what they hold, then
 are cancelled; when it returns, none is left running.
 
@@ -39,24 +40,28 @@ class Tasks:
 
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._main: asyncio.Task[Any] | None = None
+        self._mains: set[asyncio.Task[Any]] = set()
+        self._started = False
         self._shutdown: asyncio.Task[None] | None = None
         #: Tasks (or None, outside any task) waiting in exit() right now.
         self.exiting: set[asyncio.Task[Any] | None] = set()
 
     @property
     def started(self) -> bool:
-        """Whether the main task was started."""
-        return self._main is not None
+        """Whether the first main task was started."""
+        return self._started
 
     @property
     def closing(self) -> bool:
         """Whether ``exit()`` was called."""
         return self._shutdown is not None
 
-    def start(self, main: Coroutine[Any, Any, None]) -> None:
-        """Start the main task (the supervisor)."""
-        self._main = self.spawn(main, "supervisor")
+    def start(self, main: Coroutine[Any, Any, None], what: str = "supervisor") -> asyncio.Task[Any]:
+        """Start a main task (a supervisor): cancelled first at exit, with no grace."""
+        self._started = True
+        task = self.spawn(main, what)
+        self._mains.add(task)
+        return task
 
     def spawn(self, coro: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any]:
         """Start a task owned here; one that fails is logged with its traceback."""
@@ -67,6 +72,7 @@ class Tasks:
 
     def _reap(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
+        self._mains.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("task {} failed\n{}", task.get_name(), traceback_of(task.exception()))  # type: ignore[arg-type]
 
@@ -100,15 +106,15 @@ class Tasks:
             await _wait_or_cancel(list(self._tasks))
 
     async def _stop_all(self, release: Callable[[], Awaitable[None]]) -> None:
-        main = self._main
-        if main is not None:
+        mains = set(self._mains)
+        for main in mains:
             main.cancel()
         await release()
         # A handler that called exit() waits for us; we must not wait for it.
-        await _wait_or_cancel([t for t in self._tasks if t is not main and t not in self.exiting])
-        # The supervisor is awaited even when a hook of its own called exit(): it
+        await _wait_or_cancel([t for t in self._tasks if t not in mains and t not in self.exiting])
+        # A supervisor is awaited even when a hook of its own called exit(): it
         # was cancelled above, so that exit() call raises instead of waiting for us.
-        pending = [t for t in self._tasks if t is main or t not in self.exiting]
+        pending = [t for t in self._tasks if t in mains or t not in self.exiting]
         if pending:
             await asyncio.wait(pending)
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Hashable
+from typing import Any, Protocol
 
 from websockets.exceptions import ConnectionClosed
 
+from ._subscriptions import RateLimit
 from .exceptions import ConnectionLost
 
 __all__ = ["Gate", "Link", "WebSocket", "abort", "check_connection", "close"]
@@ -43,16 +44,29 @@ class WebSocket(Protocol):
 
 
 class Link:
-    """One websocket connection and what the supervisor knows of it."""
+    """One websocket connection and what the supervisor knows of it.
 
-    __slots__ = ("closed_by", "last_frame", "number", "opened_at", "successor", "ws")
+    With ``send_rate``, every frame the library sends on it (:meth:`send`) first
+    takes a token of its ``limit``. ``topics`` are the subscriptions the server
+    acknowledged on this connection, and ``pending`` the subscribe or unsubscribe
+    under way for a topic (see :mod:`._shards`). ``early`` holds the messages read
+    while the connection was being subscribed, before it was served: the pump
+    delivers them first.
+    """
 
-    def __init__(self, ws: WebSocket, number: int) -> None:
+    __slots__ = ("closed_by", "early", "last_frame", "limit", "number", "opened_at", "pending", "successor",
+                 "topics", "ws")
+
+    def __init__(self, ws: WebSocket, number: int, limit: RateLimit | None = None) -> None:
         self.ws = ws
         self.number = number
+        self.limit = limit
         self.opened_at = self.last_frame = time.monotonic()
         self.successor: Link | None = None
         self.closed_by: BaseException | None = None
+        self.topics: set[Hashable] = set()
+        self.pending: dict[Hashable, asyncio.Task[Any]] = {}
+        self.early: list[Any] = []
 
     def __repr__(self) -> str:
         return f"<Link #{self.number}>"
@@ -60,9 +74,16 @@ class Link:
     async def send(self, data: str | bytes | bytearray | memoryview) -> None:
         """Send one frame on this connection.
 
+        Waits for a token first, with ``send_rate`` (cancelling the wait is safe;
+        the token stays spent).
+
         Raises:
             ConnectionLost: the connection closed before or while sending.
         """
+        if self.limit is not None:
+            delay = self.limit.reserve()
+            if delay > 0:
+                await asyncio.sleep(delay)
         try:
             await self.ws.send(data)
         except ConnectionClosed as exc:
@@ -90,12 +111,12 @@ class Gate:
         self.error = make_error
         self._wake()
 
-    async def wait(self) -> Link:
-        """Return the current connection, waiting for one. Cancelling it is safe."""
+    async def wait(self, other_than: Link | None = None) -> Link:
+        """Return the current connection (one other than ``other_than``), waiting for one. Cancelling it is safe."""
         while True:
             if self.error is not None:
                 raise self.error()
-            if self.value is not None:
+            if self.value is not None and self.value is not other_than:
                 return self.value
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.add(waiter)

@@ -74,6 +74,7 @@ class Default(enum.Enum):
     """Marks "the default" of an argument where None already means "no limit" (``timeout=None``)."""
 
     TIMEOUT = "timeout"
+    CLASS = "the class attribute"
 
 
 def _got(value: object) -> str:

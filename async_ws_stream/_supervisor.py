@@ -16,6 +16,12 @@ so that the plain pump has no per-message test for it), the recycle trigger (the
 reconnect or for a recycle's successor, goes through one loop,
 :meth:`Supervisor._open_with_retry`, which asks one :class:`~._backoff.RetryPolicy`
 what to do about each failure. Senders wait on the :class:`~._link.Gate`, never by polling.
+
+A client with more topics than one connection may carry has one supervisor per
+shard (:mod:`._shards`): each has its own policy, counters, gate and tasks,
+tags its events with its shard, and subscribes its own topics on every new
+connection (``on_open``) before the connection is served; what it reads while
+waiting for those acks is kept on the connection and delivered first.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import enum
 import inspect
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Protocol
 
 from loguru import logger
@@ -40,7 +46,8 @@ from ._options import EXIT_GRACE
 from ._redact import describe, traceback_of
 from ._scopes import running
 from ._streams import Pressure
-from .exceptions import AsyncWsStreamError, ConnectionLost
+from ._subscriptions import Rate, RateLimit
+from .exceptions import AsyncWsStreamError, ConnectionLost, Timeout
 from .transports import guard
 
 __all__ = ["Hooks", "State", "Supervisor"]
@@ -85,6 +92,13 @@ class Supervisor:
             message flow where it happens (see :mod:`._events`).
         admit: With sequence tracking, asked about each message before it is
             dispatched (False: dropped or held); see :mod:`._sequencer`.
+        shard: Which shard of the client this is (0: the first, or the only one).
+        numbers: Where connection numbers come from (shared by the shards, so
+            that each number is unique in the client).
+        on_open: Awaited with each new connection after ``_on_connect``, before
+            it is served (subscribe its topics); raising fails the attempt.
+        send_rate: ``(count, seconds)`` for the frames sent on each connection.
+        connect_limit: Paces the attempts to open a connection (shared by the shards).
     """
 
     def __init__(
@@ -100,8 +114,19 @@ class Supervisor:
         on_closed: Callable[[Link], None],
         emit: Callable[[Event], None],
         admit: Callable[[Any], bool] | None = None,
+        shard: int = 0,
+        numbers: Iterator[int] | None = None,
+        on_open: Callable[[Link], Awaitable[None]] | None = None,
+        send_rate: Rate | None = None,
+        connect_limit: RateLimit | None = None,
     ) -> None:
         self._hooks = hooks
+        self.shard = shard
+        self._on_open = on_open
+        self._send_rate = send_rate
+        self._connect_limit = connect_limit
+        #: Set before the task is cancelled to close the shard: its last event's cause.
+        self.stop_reason: str | None = None
         self._emit = emit
         self._admit = admit
         self._index = index
@@ -117,7 +142,7 @@ class Supervisor:
         #: The connection new sends go out on, or None.
         self.current: Link | None = None
         self.gate = Gate()
-        self._numbers = itertools.count(1)
+        self._numbers = itertools.count(1) if numbers is None else numbers
 
     async def run(self) -> AsyncWsStreamError | Exception | None:
         """Serve connections until the client gives up (return why) or is cancelled (exit)."""
@@ -128,11 +153,11 @@ class Supervisor:
             while True:
                 successor = await self._serve(conn)
                 if successor is not None:
-                    self._emit(Recycled(conn.number, successor.number))
+                    self._emit(Recycled(conn.number, successor.number, self.shard))
                     conn = successor
                     continue
                 cause = conn.closed_by or ConnectionLost("the connection ended")
-                self._emit(Disconnected(conn.number, describe(cause)))
+                self._emit(Disconnected(conn.number, describe(cause), self.shard))
                 self.policy.lasted(time.monotonic() - conn.opened_at)
                 conn = None  # it is closed: nothing for the finally below to retire meanwhile
                 conn = await self._open_with_retry(cause)
@@ -146,6 +171,8 @@ class Supervisor:
             if conn is not None:
                 self.gate.shut()
                 await self._retire(conn)
+                if self.stop_reason is not None:
+                    self._emit(Disconnected(conn.number, self.stop_reason, self.shard))
         if error is not None:
             self.state = State.FAILED
         return error
@@ -168,7 +195,7 @@ class Supervisor:
                 if isinstance(verdict, GiveUp):
                     raise verdict.error
                 self._counters.retries += 1
-                self._emit(Retrying(verdict.attempt, verdict.delay, describe(cause)))
+                self._emit(Retrying(verdict.attempt, verdict.delay, describe(cause), self.shard))
                 if serving is None:
                     logger.warning("retry {} in {:.2f}s after {}", verdict.attempt, verdict.delay, describe(cause))
                 else:
@@ -190,25 +217,83 @@ class Supervisor:
                 cause = exc
 
     async def _open(self) -> Link:
+        if self._connect_limit is not None:
+            delay = self._connect_limit.reserve()
+            if delay > 0:
+                logger.info("connect_rate: next connection attempt in {:.2f}s", delay)
+                await asyncio.sleep(delay)
         ws = check_connection(await self._hooks._create_ws())
         guard(ws)  # floods: big reads parsed in slices (a no-op for what it does not know)
         try:
             with running("_on_connect"):
                 await self._hooks._on_connect(ws)
+            rate = self._send_rate
+            limit = None if rate is None else RateLimit(rate[0], rate[1], time.monotonic)
+            conn = Link(ws, next(self._numbers), limit)
+            if self._on_open is not None:
+                await self._on_open(conn)
         except BaseException:
             await close(ws, EXIT_GRACE)
             raise
-        conn = Link(ws, next(self._numbers))
         self._counters.connects += 1
-        logger.info("connection #{} open", conn.number)
+        if self.shard:
+            logger.info("connection #{} open (shard {})", conn.number, self.shard)
+        else:
+            logger.info("connection #{} open", conn.number)
         return conn
+
+    async def read_early(self, conn: Link, is_reply: Callable[[Any], bool], timeout: float) -> Any:
+        """Read ``conn`` before it is served, until a message ``is_reply`` (an ack); return that message.
+
+        Every message read on the way, the reply included, is kept in
+        ``conn.early``, which the pump delivers before anything else, so nothing
+        read here is lost or reordered.
+
+        Raises:
+            Timeout: no such message within ``timeout`` seconds.
+            ConnectionClosed: the connection ended (the attempt failed).
+        """
+        parse = self._hooks._parse_raw_data
+        parse_is_async = inspect.iscoroutinefunction(parse)
+        counters = self._counters
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    raw = await conn.ws.recv()
+                    conn.last_frame = time.monotonic()
+                    counters.frames += 1
+                    try:
+                        msg = (await parse(raw)) if parse_is_async else parse(raw)
+                    except Exception as exc:
+                        self._parse_failed(raw, exc)
+                        continue
+                    if msg is None:
+                        counters.skipped += 1
+                        continue
+                    conn.early.append(msg)
+                    if is_reply(msg):
+                        return msg
+        except TimeoutError as exc:
+            if isinstance(exc, Timeout):
+                raise
+            raise Timeout(f"connection #{conn.number}: no reply within {timeout}s") from exc
+
+    def _deliver_early(self, conn: Link) -> None:
+        """Deliver what :meth:`read_early` kept, in order, before the first frame the pump reads."""
+        early, conn.early = conn.early, []
+        admit = self._admit
+        match = self._index.match
+        for msg in early:
+            if admit is None or admit(msg):
+                for target in match(msg):
+                    target.deliver(msg)
 
     async def _serve(self, conn: Link) -> Link | None:
         """Pump ``conn`` until it ends; return its successor if it was recycled."""
         self.current = conn
         self.gate.open(conn)
         self.state = State.CONNECTED
-        self._emit(Connected(conn.number))
+        self._emit(Connected(conn.number, self.shard))
         try:
             async with asyncio.TaskGroup() as tg:
                 recycler = tg.create_task(self._recycle(conn), name="async_ws_stream recycle")
@@ -244,6 +329,8 @@ class Supervisor:
         counters = self._counters
         pressure = self._pressure
         clock = time.monotonic
+        if conn.early:
+            self._deliver_early(conn)
         try:
             while True:
                 raw = await recv()
@@ -277,6 +364,8 @@ class Supervisor:
         counters = self._counters
         pressure = self._pressure
         clock = time.monotonic
+        if conn.early:
+            self._deliver_early(conn)
         try:
             while True:
                 raw = await recv()
@@ -324,7 +413,7 @@ class Supervisor:
         except Exception as exc:
             logger.warning("_when2create_new_ws raised; recycling connection #{}\n{}", conn.number, traceback_of(exc))
             reason = f"_when2create_new_ws raised {describe(exc)}"
-        self._emit(Recycling(conn.number, reason))
+        self._emit(Recycling(conn.number, reason, self.shard))
         age = time.monotonic() - conn.opened_at
         delay = self.policy.recycle_delay(age)
         if delay is None:

@@ -8,6 +8,7 @@ Every error the library raises on purpose derives from :exc:`AsyncWsStreamError`
     ├── ConnectionRejected   the server refused us for good (HTTP 401/403, close 1008, 4000-4999)
     ├── RetriesExhausted     max_retries ran out (reconnects, or poll() tries)
     ├── StreamOverflow       a stream with overflow="error" filled up; it ends with this
+    ├── SubscribeError       the server refused a subscribe or unsubscribe (.topics, .reply)
     ├── Alarm                expect()/poll() saw a message matching one of its alarms
     └── Timeout              also a builtin TimeoutError: send, request, expect, wait_connected
 
@@ -27,6 +28,7 @@ __all__ = [
     "ConnectionRejected",
     "RetriesExhausted",
     "StreamOverflow",
+    "SubscribeError",
     "Timeout",
 ]
 
@@ -88,6 +90,23 @@ class Alarm(AsyncWsStreamError):
         super().__init__(f"alarm {condition!r} matched a message")
         self.message = message
         self.condition = condition
+
+
+class SubscribeError(AsyncWsStreamError):
+    """The server answered a subscribe or unsubscribe with an error reply.
+
+    The topics of a refused subscribe are not in ``client.subscriptions`` any
+    more: they are not subscribed, and no later connection subscribes them.
+
+    Attributes:
+        topics: The topics of the refused message (the venue refuses a message as a whole).
+        reply: The error reply, as parsed.
+    """
+
+    def __init__(self, message: str, *, topics: tuple[Any, ...], reply: Any) -> None:
+        super().__init__(message)
+        self.topics = topics
+        self.reply = reply
 
 
 class Timeout(AsyncWsStreamError, TimeoutError):
