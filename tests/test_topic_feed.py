@@ -139,7 +139,7 @@ async def test_six_frames_at_once_close_the_connection_with_1008(server: FeedSer
             while True:
                 replies.append(json.loads(await ws.recv()))
     assert [r["id"] for r in replies] == [1, 2, 3, 4, 5]
-    assert ws.close_code == 1008 and ws.close_reason.startswith("max_messages")
+    assert ws.close_code == 1008 and (ws.close_reason or "").startswith("max_messages")
     assert [(v.connection, v.rule) for v in feed.violations] == [(1, "max_messages")]
 
 
@@ -204,6 +204,20 @@ async def test_connects_beyond_the_limit_get_429(server: FeedServer) -> None:
     assert 1 <= int(caught.value.response.headers["Retry-After"]) <= 60
     assert [(v.connection, v.rule) for v in feed.violations] == [(None, "max_connects")]
     assert server.connects == 2
+
+
+async def test_the_connect_window_slides(server: FeedServer) -> None:
+    """Once ``connect_per`` has passed on the loop clock, a handshake refused before is accepted."""
+    feed = TopicFeed(server, max_connects=1, connect_per=0.2)
+    async with connect(server.url_for("/stream")):
+        pass
+    with pytest.raises(InvalidStatus):
+        async with connect(server.url_for("/stream")):
+            pass
+    await asyncio.sleep(0.2 + 0.02)  # every attempt so far is behind us; the rule is about time
+    async with connect(server.url_for("/stream")):
+        pass
+    assert server.connects == 2 and len(feed.violations) == 1
 
 
 async def test_limits_are_validated() -> None:

@@ -147,8 +147,8 @@ class TopicFeed:
       (one IP on loopback), every handshake request counts, refused ones
       included (they are attempts), and one that would make more than
       ``max_connects`` in the window is answered with HTTP 429 and a
-      ``Retry-After`` hint (whole seconds until the oldest attempt in the
-      window expires). Refusals here come before the server's own queued
+      ``Retry-After`` hint (whole seconds until an attempt would pass if
+      no other came first). Refusals here come before the server's own queued
       handshake faults, which they do not consume.
 
     A connection's topics are forgotten when it closes. Create the feed
@@ -340,7 +340,9 @@ class TopicFeed:
                 attempts.popleft()
             attempts.append(now)
             if len(attempts) > self._max_connects:
-                retry = max(1, math.ceil(attempts[0] + self._connect_per - now))
+                # Refused attempts count too, so the next one passes only once the
+                # two oldest of these max_connects + 1 have left the window.
+                retry = max(1, math.ceil(attempts[1] + self._connect_per - now))
                 self._violate(
                     None, "max_connects",
                     f"more than {self._max_connects} handshakes within {self._connect_per:g} s; answered 429",
