@@ -42,6 +42,23 @@ writes, half-open connections, resets mid-frame or at accept, slow handshakes::
 events with update ids, a ``depth.snapshot`` route, gaps on demand
 (:meth:`DepthFeed.skip`) and the true book to compare a client's against.
 
+:class:`TopicFeed` plays a Binance-style combined-stream server on a
+FeedServer: SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS per connection,
+topics in the handshake path, ``publish(topic, data)`` to the subscribers
+only, and the venue's limits enforced and recorded as :class:`Violation`
+(1024 topics per connection, 5 frames a second, 300 connects in 5 minutes)::
+
+    async with FeedServer() as server:
+        feed = TopicFeed(server)
+        ...  # the client subscribes 3,000 topics over several connections
+        await feed.wait_subscribed(topics)
+        assert feed.violations == []
+
+It sits on :meth:`FeedServer.add_observer`, the connection-aware extension
+point: a :class:`ConnectionObserver` sees every handshake (and may refuse
+it), every connection opened and closed, and every client frame with its
+connection and arrival time before routing (and may answer it instead).
+
 The servers belong to the event loop that started them and are not thread-safe.
 
 The rooms: ``_server.py`` (FeedServer's public faults, routing and waits) on
@@ -49,7 +66,8 @@ The rooms: ``_server.py`` (FeedServer's public faults, routing and waits) on
 (which frames are requests and what the reply says), ``_faults.py``
 (handshake faults, garbage), ``_proxy.py`` (FaultProxy) on ``_link.py``
 (one proxied connection) and ``_proxy_faults.py`` (per-direction faults),
-``_depth.py`` (DepthFeed), ``_common.py`` (checks, encoding, wake-ups).
+``_depth.py`` (DepthFeed), ``_topics.py`` (TopicFeed), ``_observers.py``
+(the observer protocol), ``_common.py`` (checks, encoding, wake-ups).
 """
 
 from ._base import OnConnect
@@ -61,6 +79,7 @@ from ._common import (
     Applied,
 )
 from ._depth import Book, DepthFeed, apply_depth_update, book_from_snapshot
+from ._observers import ConnectionObserver
 from ._proxy import FaultProxy
 from ._proxy_faults import Direction, Directions, LinkFaults
 from ._routes import (
@@ -72,10 +91,12 @@ from ._routes import (
     RouteName,
 )
 from ._server import FeedServer
+from ._topics import ERROR_TOPIC_REFUSED, ERROR_TOPIC_REQUEST_INVALID, TopicFeed, Violation
 
 __all__ = [
     "Applied",
     "Book",
+    "ConnectionObserver",
     "DEFAULT_CLOSE_TIMEOUT",
     "DEFAULT_ID_KEYS",
     "DEFAULT_MAX_SIZE",
@@ -85,6 +106,8 @@ __all__ = [
     "Direction",
     "Directions",
     "ERROR_HANDLER_FAILED",
+    "ERROR_TOPIC_REFUSED",
+    "ERROR_TOPIC_REQUEST_INVALID",
     "ERROR_UNKNOWN_METHOD",
     "FaultProxy",
     "FeedServer",
@@ -93,6 +116,8 @@ __all__ = [
     "Reply",
     "RouteHandler",
     "RouteName",
+    "TopicFeed",
+    "Violation",
     "apply_depth_update",
     "book_from_snapshot",
 ]

@@ -27,6 +27,7 @@ from ._common import (
     encode,
 )
 from ._faults import HandshakeFaults
+from ._observers import ConnectionObserver
 from ._routes import DEFAULT_ID_KEYS, Call, Router
 
 OnConnect = Callable[[ServerConnection], Awaitable[None] | None]
@@ -109,6 +110,7 @@ class FeedBase:
         self._stalled: set[ServerConnection] = set()
         self._router = Router(route_on=route_on, id_keys=id_keys, params_key=params_key)
         self._handshake_faults = HandshakeFaults()  # consumed in handshake arrival order
+        self._observers: list[ConnectionObserver] = []  # called in the order added
         self._changes = Changes()
 
     # Lifecycle
@@ -342,7 +344,13 @@ class FeedBase:
     async def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         self.handshakes += 1
         self.requests.append(request)
-        self._changes.notify()
+        try:
+            for observer in tuple(self._observers):
+                refusal = observer.handshake(conn, request)
+                if refusal is not None:
+                    return refusal
+        finally:
+            self._changes.notify()
         return await self._handshake_faults.process(conn, request, self._stopping)
 
     async def _serve_connection(self, conn: ServerConnection) -> None:
@@ -365,10 +373,16 @@ class FeedBase:
                 return
         number = self._accept(conn, keep=True)
         try:
+            for observer in tuple(self._observers):
+                observer.opened(number, conn)
+            if self._observers:
+                self._changes.notify()
             await self._read(conn, number)
         finally:
             del self._open[number]
             self._stalled.discard(conn)
+            for observer in tuple(self._observers):
+                observer.closed(number, conn)
             self._changes.notify()
 
     def _accept(self, conn: ServerConnection, *, keep: bool) -> int:
@@ -381,6 +395,7 @@ class FeedBase:
 
     async def _read(self, conn: ServerConnection, number: int) -> None:
         delayed: set[asyncio.Task[None]] = set()
+        clock = asyncio.get_running_loop().time
         async with asyncio.TaskGroup() as tg:
             try:
                 while True:
@@ -390,6 +405,8 @@ class FeedBase:
                         break
                     self.received.append((number, frame))
                     self._changes.notify()
+                    if self._observers and await self._observe(number, conn, frame, clock()):
+                        continue
                     call = self._router.parse(frame)
                     if call is None:
                         continue
@@ -403,6 +420,14 @@ class FeedBase:
                 # Replies still waiting have nowhere to go; the TaskGroup awaits them.
                 for task in delayed:
                     task.cancel()
+
+    async def _observe(self, number: int, conn: ServerConnection, frame: Frame, arrival: float) -> bool:
+        # Every observer sees every frame; the router gets it if none took it.
+        taken = False
+        for observer in tuple(self._observers):  # one may add or remove observers meanwhile
+            taken = await observer.frame(number, conn, frame, arrival) or taken
+            self._changes.notify()
+        return taken
 
     async def _answer(self, conn: ServerConnection, call: Call) -> None:
         text = await self._router.answer(call)

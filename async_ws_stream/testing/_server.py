@@ -12,6 +12,7 @@ from websockets.frames import EXTERNAL_CLOSE_CODES
 from ._base import FeedBase
 from ._common import DEFAULT_WAIT_TIMEOUT, Applied, Frame, check_count
 from ._faults import GARBAGE_TEXTS, garbage_blob
+from ._observers import ConnectionObserver
 from ._routes import RouteHandler, RouteName
 
 
@@ -346,3 +347,31 @@ class FeedServer(FeedBase):
                 shaped as ``route_on`` asks (one value, or a tuple of as many).
         """
         self._router.add(method, handler, delay, id_keys)
+
+    # Observers
+
+    def add_observer(self, observer: ConnectionObserver) -> None:
+        """Show ``observer`` every handshake, connection and client frame from now on.
+
+        An observer is the connection-aware extension point (routes see only
+        params): it may refuse handshakes, answer or hold back frames, and
+        close connections; see :class:`ConnectionObserver` for the order of
+        calls. :class:`TopicFeed` is one. Adding the same observer twice is
+        a no-op.
+
+        Raises:
+            TypeError: If ``observer`` lacks one of the observer's methods.
+        """
+        missing = [m for m in ("handshake", "opened", "frame", "closed") if not callable(getattr(observer, m, None))]
+        if missing:
+            raise TypeError(
+                f"add_observer: {type(observer).__name__} lacks {', '.join(missing)}; "
+                "subclass async_ws_stream.testing.ConnectionObserver"
+            )
+        if observer not in self._observers:
+            self._observers.append(observer)
+
+    def remove_observer(self, observer: ConnectionObserver) -> None:
+        """Stop showing ``observer`` anything; removing one that is not there is a no-op."""
+        if observer in self._observers:
+            self._observers.remove(observer)
