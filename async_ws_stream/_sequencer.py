@@ -157,7 +157,7 @@ class Sequencer:
         self._tasks = tasks
         self._policy = policy
         self._resyncs: dict[Hashable, asyncio.Task[None]] = {}
-        self._recycled = False  # the next Connected is a recycle's successor
+        self._recycled: set[int] = set()  # shards whose next Connected is a recycle's successor
         self._stopped = False
         self._overflowing: set[Hashable] = set()  # keys whose hold drops, logged once per resync
         #: The receive loop's question for each message; see :meth:`_make_admit`.
@@ -241,12 +241,13 @@ class Sequencer:
     def emit(self, event: Event) -> None:
         """Forward ``event`` to the client's consumers, noting the connects, exit and give-up."""
         kind = type(event)
-        if kind is Recycled:
-            self._recycled = True
-        elif kind is Connected:
-            if not self._recycled:
+        if isinstance(event, Recycled):
+            self._recycled.add(event.shard)
+        elif isinstance(event, Connected):
+            if event.shard in self._recycled:
+                self._recycled.discard(event.shard)
+            else:
                 self.book.connected()
-            self._recycled = False
         elif kind is Closed or kind is GaveUp:
             self._stop()
         self._forward(event)

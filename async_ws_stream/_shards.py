@@ -209,7 +209,7 @@ class Shards:
                 continue
             rid = self._next_id() if msg.get(key) is None else msg[key]
             await conn.send(self._hooks._serialize({**msg, key: rid}))
-            reply = await shard.supervisor.read_early(conn, lambda m, rid=rid: _id_of(m, key) == rid, ACK_TIMEOUT)
+            reply = await shard.supervisor.read_early(conn, _answers(key, rid), ACK_TIMEOUT)
             error = self._hooks._reply_error(reply)
             if error is not None:
                 self._refuse(shard, conn, chunk, subscribe, reply, error)
@@ -531,8 +531,13 @@ def _apply(conn: Link, chunk: list[Hashable], subscribe: bool) -> None:
         conn.topics.difference_update(chunk)
 
 
-def _id_of(msg: Any, key: str) -> Any:
-    return msg.get(key) if isinstance(msg, Mapping) else getattr(msg, key, None)
+def _answers(key: str, rid: Any) -> Callable[[Any], bool]:
+    """Whether a message is the reply to request ``rid`` (a dict, or a typed message with that field)."""
+
+    def answers(msg: Any) -> bool:
+        return bool((msg.get(key) if isinstance(msg, Mapping) else getattr(msg, key, None)) == rid)
+
+    return answers
 
 
 def _distinct(call: str, topics: tuple[Any, ...]) -> list[Hashable]:

@@ -26,9 +26,17 @@ __all__ = ["Rate", "RateLimit", "check_limits", "check_rate", "chunks", "place"]
 Rate = tuple[int, float]
 """``(count, seconds)``: at most ``count`` in any window of ``seconds``."""
 
+#: How much later than ``seconds`` a spent token comes back, as a fraction of ``seconds``
+#: (50 ms of a one-second window): frames travel with jitter, and a venue counts them as
+#: they arrive, so two frames sent exactly ``seconds`` apart may land in one of its windows.
+RATE_MARGIN = 0.05
+
 
 class RateLimit:
-    """At most ``count`` events in any window of ``seconds``: each token comes back ``seconds`` after it was spent.
+    """At most ``count`` events in any window of ``seconds``: a spent token comes back ``seconds`` later.
+
+    (Later by ``RATE_MARGIN`` more, so that the venue, which counts frames as
+    they arrive, never sees ``count + 1`` in its window when the network bunches them.)
 
     This is the token bucket that never lets a venue see more than ``count``
     frames in one window, wherever the window starts: a bucket refilled at a
@@ -40,15 +48,17 @@ class RateLimit:
 
     Args:
         count: Tokens in the bucket.
-        seconds: How long a spent token stays spent.
+        seconds: How long a spent token stays spent (before the margin).
         clock: Monotonic seconds (the loop's ``time``, or a test's fake clock).
+        margin: The fraction of ``seconds`` added for safety.
     """
 
-    __slots__ = ("_clock", "_spent", "count", "seconds")
+    __slots__ = ("_clock", "_spent", "_window", "count", "seconds")
 
-    def __init__(self, count: int, seconds: float, clock: Callable[[], float]) -> None:
+    def __init__(self, count: int, seconds: float, clock: Callable[[], float], margin: float = RATE_MARGIN) -> None:
         self.count = count
         self.seconds = seconds
+        self._window = seconds * (1 + margin)
         self._clock = clock
         # When each of the last ``count`` tokens may be used, oldest first.
         self._spent: collections.deque[float] = collections.deque(maxlen=count)
@@ -58,7 +68,7 @@ class RateLimit:
         now = self._clock()
         at = now
         if len(self._spent) == self.count:
-            at = max(now, self._spent[0] + self.seconds)
+            at = max(now, self._spent[0] + self._window)
         self._spent.append(at)  # the deque's maxlen drops the oldest
         return at - now
 

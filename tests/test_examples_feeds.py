@@ -38,6 +38,20 @@ def test_exchange_feed_resubscribes_and_feeds_every_consumer() -> None:
     ]
 
 
+def test_sharded_feed_spreads_3000_topics_over_3_connections_and_loses_nothing() -> None:
+    """sharded_feed.py: 3 shards of 1,000 topics, one lost and back, every trade, no rule breached."""
+    assert run_example("sharded_feed.py").splitlines() == [
+        "shard 0: connection #1, 1000 topics",
+        "shard 1: connection #2, 1000 topics",
+        "shard 2: connection #3, 1000 topics",
+        "-- the venue cut shard 1's connection --",
+        "shard 1 is back, with its own topics subscribed again",
+        "trades: 17000 of 17000 sent, missing: 0",
+        "venue rule breaches: 0",
+        "client: connects=4 reconnects=1 subscriptions=3000 dropped=0",
+    ]
+
+
 def test_user_data_feed_recycles_with_fresh_keys_and_loses_nothing() -> None:
     """user_data_feed.py uses a new listen key per connection, recycles, and misses no event."""
     out = run_example("user_data_feed.py")

@@ -165,8 +165,8 @@ class FeedServer(FeedBase):
 
     # Faults
 
-    def drop(self) -> Applied:
-        """Abort every open connection without a close frame.
+    def drop(self, connection: int | None = None) -> Applied:
+        """Abort every open connection (or only the one numbered ``connection``) without a close frame.
 
         Clients see the TCP connection end (``ConnectionClosedError`` with
         ``rcvd`` None, close code 1006), as when a feed's process dies.
@@ -176,7 +176,9 @@ class FeedServer(FeedBase):
             returns; ``await server.drop()`` also waits until they are gone
             from :attr:`connections` (a :class:`Timeout` after 5 s).
         """
-        conns = dict(self._open)
+        if connection is not None and not 1 <= connection <= self.connects:
+            raise ValueError(f"drop: no connection number {connection}; numbers so far run 1..{self.connects}")
+        conns = {n: c for n, c in self._open.items() if connection in (None, n)}
         logger.debug("FeedServer: dropping {} connection(s)", len(conns))
         for conn in conns.values():
             conn.transport.abort()
