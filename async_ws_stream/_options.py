@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_REQUEST_TIMEOUT",
     "DEFAULT_SEND_TIMEOUT",
     "DEFAULT_STABLE_AFTER",
+    "DEFAULT_SUBSCRIBE_TIMEOUT",
     "Default",
     "EXIT_GRACE",
     "IDLE_COUNTS",
@@ -64,6 +65,7 @@ IDLE_COUNTS: tuple[str, ...] = ("data", "pongs")
 # Talking to the server
 DEFAULT_SEND_TIMEOUT = 10.0
 DEFAULT_REQUEST_TIMEOUT = 10.0
+DEFAULT_SUBSCRIBE_TIMEOUT = 60.0  # the whole subscribe/unsubscribe call: paced sends add up
 
 # How long exit() lets the server answer our close frame, and async handlers
 # finish what they hold, before it stops waiting.

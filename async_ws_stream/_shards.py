@@ -43,7 +43,7 @@ from loguru import logger
 from ._counters import Counters, total
 from ._hooks import ClientHooks
 from ._link import Link
-from ._options import DEFAULT_REQUEST_TIMEOUT, check_timeout
+from ._options import DEFAULT_REQUEST_TIMEOUT, DEFAULT_SUBSCRIBE_TIMEOUT, check_timeout
 from ._redact import describe
 from ._scopes import check_not_in_on_connect
 from ._subscriptions import chunks, place
@@ -54,8 +54,6 @@ __all__ = ["Shard", "ShardInfo", "Shards", "Subscribing", "SubscriptionHooks", "
 
 #: The reply a subscribe waits for, on a connection not served yet (per message).
 ACK_TIMEOUT = DEFAULT_REQUEST_TIMEOUT
-#: The default ``timeout`` of ``subscribe``/``unsubscribe``: the whole call.
-DEFAULT_SUBSCRIBE_TIMEOUT = 60.0
 
 
 class SubscriptionHooks(Protocol):
@@ -213,6 +211,8 @@ class Shards:
             error = self._hooks._reply_error(reply)
             if error is not None:
                 self._refuse(shard, conn, chunk, subscribe, reply, error)
+                if not subscribe:  # counted and logged; asking again would only loop
+                    _apply(conn, chunk, subscribe)
                 return
         _apply(conn, chunk, subscribe)
 

@@ -25,7 +25,7 @@ import concurrent.futures
 import itertools
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from types import TracebackType
 from typing import Any, Generic, Protocol, Self, TypeVar
 
@@ -38,6 +38,7 @@ from ._options import (
     DEFAULT_EVENTS_MAXSIZE,
     DEFAULT_HANDLER_MAXSIZE,
     DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_SUBSCRIBE_TIMEOUT,
     Default,
     Overflow,
     check_timeout,
@@ -102,6 +103,13 @@ class AsyncClient(Protocol[M]):
     ) -> M: ...
 
     async def wait_connected(self, timeout: float | None = None) -> Any: ...
+
+    async def subscribe(self, *topics: Hashable, timeout: float | None = ...) -> None: ...
+
+    async def unsubscribe(self, *topics: Hashable, timeout: float | None = ...) -> None: ...
+
+    @property
+    def subscriptions(self) -> frozenset[Hashable]: ...
 
     def stats(self) -> dict[str, Any]: ...
 
@@ -404,6 +412,27 @@ class ThreadedClient(Generic[M]):
                 :meth:`AsyncWsStream.wait_connected`.
         """
         self._call(lambda: self.client.wait_connected(timeout))
+
+    def subscribe(self, *topics: Hashable, timeout: float | None = DEFAULT_SUBSCRIBE_TIMEOUT) -> None:
+        """Add ``topics`` to the declared set and return once acknowledged, as :meth:`AsyncWsStream.subscribe`.
+
+        Raises:
+            SubscribeError, Timeout, ClientClosed: as :meth:`AsyncWsStream.subscribe`.
+        """
+        self._call(lambda: self.client.subscribe(*topics, timeout=timeout))
+
+    def unsubscribe(self, *topics: Hashable, timeout: float | None = DEFAULT_SUBSCRIBE_TIMEOUT) -> None:
+        """Remove ``topics`` from the declared set, as :meth:`AsyncWsStream.unsubscribe`.
+
+        Raises:
+            SubscribeError, Timeout, ClientClosed: as :meth:`AsyncWsStream.unsubscribe`.
+        """
+        self._call(lambda: self.client.unsubscribe(*topics, timeout=timeout))
+
+    @property
+    def subscriptions(self) -> frozenset[Hashable]:
+        """The declared topics (read in the loop thread)."""
+        return self._call_sync(lambda: self.client.subscriptions)
 
     def stats(self) -> dict[str, Any]:
         """Return :meth:`AsyncWsStream.stats`, read in the loop thread (a consistent snapshot).

@@ -283,3 +283,15 @@ async def test_subscribe_inside_on_connect_is_refused_at_once(server: FeedServer
         assert len(seen) == 1 and "_on_connect" in str(seen[0])
     finally:
         await client.exit()
+
+
+async def test_the_thread_handle_subscribes_and_unsubscribes(server: FeedServer, feed: TopicFeed) -> None:
+    """handle.subscribe / unsubscribe / subscriptions are plain calls that return once acknowledged."""
+    handle = Venue.start_in_thread(server.url)
+    try:
+        await asyncio.to_thread(handle.subscribe, "a@trade", "b@trade", timeout=5)
+        assert feed.all_topics() == {"a@trade", "b@trade"} and handle.subscriptions == {"a@trade", "b@trade"}
+        await asyncio.to_thread(handle.unsubscribe, "a@trade")
+        assert feed.all_topics() == {"b@trade"} and handle.subscriptions == {"b@trade"}
+    finally:
+        await asyncio.to_thread(handle.exit)
