@@ -15,7 +15,8 @@ The rooms, one idea each (the README's "How it is built" says more)::
     _link.py          one open connection (Link), the WebSocket protocol it fits, the Gate senders wait on
     _backoff.py       pure: RetryPolicy and the delays; which failures are fatal
     _conversation.py  request, expect, wait_for, poll
-    _shards.py        declared subscriptions over one supervisor per shard: subscribe, unsubscribe
+    _shards.py        declared subscriptions over one supervisor per shard (_subscribing.py: the calls)
+    _sending.py       send, wait_connected, present_ws: shard 0, the client's own connection
     _subscriptions.py pure: rate limits (send_rate, connect_rate), where topics go, message chunks
     _consumers.py     the registry of streams and handlers
     _streams.py       Stream (the consumer's handle) over its Feed (buffer, overflow policy)

@@ -55,8 +55,9 @@ from ._options import (
 from ._redact import describe, traceback_of
 from ._sending import Sending
 from ._sequencer import sequence_stats, wire_sequences
-from ._shards import Shard, Shards, Subscribing, enter
+from ._shards import Shard, Shards, enter
 from ._streams import Pressure, Stream
+from ._subscribing import Subscribing
 from ._subscriptions import Rate, RateLimit, check_limits
 from ._supervisor import State, Supervisor
 from .exceptions import ClientClosed
