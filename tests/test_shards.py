@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from async_ws_stream import Connected, Disconnected, Event, ShardInfo, Stream
+from async_ws_stream import Connected, Disconnected, Event, ShardInfo, Stream, Timeout
 from async_ws_stream.testing import FeedServer, TopicFeed
 
 from .conftest import JsonClient
@@ -190,3 +190,27 @@ async def test_a_one_connection_client_sees_nothing_new(client: JsonClient, serv
     stats = client.stats()
     assert [s["shard"] for s in stats["shards"]] == [0] and stats["subscriptions"] == 0
     assert server.received == []  # nothing sent on its behalf
+
+
+async def test_connect_rate_keeps_the_shards_under_the_venues_connect_rule(server: FeedServer) -> None:
+    """Three shards at (2 per 1 s): the third connection waits for a token; the venue refuses none."""
+    feed = TopicFeed(server, max_connects=2, connect_per=1.0)
+    client = Small(server.url_for("/stream"), connect_rate=(2, 1.0))
+    try:
+        await client.subscribe(*[f"t{i}" for i in range(30)])
+        assert server.connects == 3 and feed.violations == [] and feed.all_topics() == {f"t{i}" for i in range(30)}
+    finally:
+        await client.exit()
+
+
+async def test_without_connect_rate_the_venue_refuses_the_third_connection(server: FeedServer) -> None:
+    """The same three shards without connect_rate: the venue's rule is breached (the test above means something)."""
+    feed = TopicFeed(server, max_connects=2, connect_per=60.0)
+    client = Small(server.url_for("/stream"), backoff_initial=0.01)
+    try:
+        with pytest.raises(Timeout):  # the third shard waits out the venue's Retry-After: about a minute
+            await client.subscribe(*[f"t{i}" for i in range(30)], timeout=1)
+        assert [v.rule for v in feed.violations] == ["max_connects"]
+        assert [s["state"] for s in client.stats()["shards"]] == ["connected", "connected", "backoff"]
+    finally:
+        await client.exit()
