@@ -49,6 +49,7 @@ from ._streams import Pressure
 from ._subscriptions import Rate, RateLimit
 from .exceptions import AsyncWsStreamError, ConnectionLost, Timeout
 from .transports import guard
+from .transports._queued import nothing_queued, queued_reader
 
 __all__ = ["Hooks", "State", "Supervisor"]
 
@@ -321,8 +322,13 @@ class Supervisor:
         return conn.successor
 
     async def _pump(self, conn: Link) -> None:
-        """The hot path: read, parse, dispatch. Never awaits a consumer."""
+        """The hot path: read, parse, dispatch. Never awaits a consumer.
+
+        One ``await recv()`` per socket read, not per message: what websockets
+        already holds behind it is taken with ``take`` (see :mod:`.transports._queued`).
+        """
         recv = conn.ws.recv
+        take = queued_reader(conn.ws) or nothing_queued
         parse = self._hooks._parse_raw_data
         parse_is_async = inspect.iscoroutinefunction(parse)
         match = self._index.match
@@ -333,29 +339,32 @@ class Supervisor:
             self._deliver_early(conn)
         try:
             while True:
-                raw = await recv()
-                conn.last_frame = clock()
-                counters.frames += 1
-                try:
-                    msg = (await parse(raw)) if parse_is_async else parse(raw)
-                except Exception as exc:
-                    self._parse_failed(raw, exc)
-                    continue
-                if msg is None:
-                    counters.skipped += 1
-                    continue
-                for target in match(msg):
-                    target.deliver(msg)
-                if pressure.crowded:
-                    pressure.crowded = False
-                    counters.pump_yields += 1
-                    await asyncio.sleep(0)
+                raw: str | bytes | None = await recv()
+                while raw is not None:
+                    conn.last_frame = clock()
+                    counters.frames += 1
+                    try:
+                        msg = (await parse(raw)) if parse_is_async else parse(raw)
+                    except Exception as exc:
+                        self._parse_failed(raw, exc)
+                    else:
+                        if msg is None:
+                            counters.skipped += 1
+                        else:
+                            for target in match(msg):
+                                target.deliver(msg)
+                            if pressure.crowded:
+                                pressure.crowded = False
+                                counters.pump_yields += 1
+                                await asyncio.sleep(0)
+                    raw = take()
         except ConnectionClosed as exc:
             self._lost(conn, exc)
 
     async def _pump_sequenced(self, conn: Link) -> None:
         """The hot path of a client with a ``_sequence`` hook: :meth:`_pump`, asking ``admit`` first."""
         recv = conn.ws.recv
+        take = queued_reader(conn.ws) or nothing_queued
         parse = self._hooks._parse_raw_data
         parse_is_async = inspect.iscoroutinefunction(parse)
         match = self._index.match
@@ -368,24 +377,26 @@ class Supervisor:
             self._deliver_early(conn)
         try:
             while True:
-                raw = await recv()
-                conn.last_frame = clock()
-                counters.frames += 1
-                try:
-                    msg = (await parse(raw)) if parse_is_async else parse(raw)
-                except Exception as exc:
-                    self._parse_failed(raw, exc)
-                    continue
-                if msg is None:
-                    counters.skipped += 1
-                    continue
-                if admit(msg):
-                    for target in match(msg):
-                        target.deliver(msg)
-                if pressure.crowded:
-                    pressure.crowded = False
-                    counters.pump_yields += 1
-                    await asyncio.sleep(0)
+                raw: str | bytes | None = await recv()
+                while raw is not None:
+                    conn.last_frame = clock()
+                    counters.frames += 1
+                    try:
+                        msg = (await parse(raw)) if parse_is_async else parse(raw)
+                    except Exception as exc:
+                        self._parse_failed(raw, exc)
+                    else:
+                        if msg is None:
+                            counters.skipped += 1
+                        else:
+                            if admit(msg):
+                                for target in match(msg):
+                                    target.deliver(msg)
+                            if pressure.crowded:
+                                pressure.crowded = False
+                                counters.pump_yields += 1
+                                await asyncio.sleep(0)
+                    raw = take()
         except ConnectionClosed as exc:
             self._lost(conn, exc)
 

@@ -47,7 +47,8 @@ permessage-deflate compression (websockets offers it by default; a server that
 requires it will not work here), proxies and redirects.
 
 Layout: ``_common`` (defaults, argument checks, the read-adapter base),
-``_websockets`` (websockets_connect, guard), ``_picows_frames`` (picows'
+``_websockets`` (websockets_connect, guard), ``_queued`` (what the receive loop takes
+from websockets' queue without an ``await`` per message), ``_picows_frames`` (picows'
 callbacks and the frame state), ``_picows_conn`` (the websockets-like surface),
 ``_picows`` (picows_connect).
 """
