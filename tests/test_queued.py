@@ -12,12 +12,12 @@ from websockets.asyncio.server import ServerConnection
 
 from async_ws_stream import Disconnected
 from async_ws_stream.testing import FeedServer
-from async_ws_stream.transports import websockets_connect
+from async_ws_stream.transports import PICOWS_AVAILABLE, picows_connect, websockets_connect
 from async_ws_stream.transports._queued import queued_reader
 
 from .conftest import JsonClient
 
-pytestmark = pytest.mark.single_transport  # websockets' connections only: picows has no such queue
+pytestmark = pytest.mark.single_transport  # each test picks its connection itself
 
 
 async def test_websockets_connections_still_have_the_queue_the_loop_reads(server: FeedServer) -> None:
@@ -97,3 +97,28 @@ async def test_a_burst_far_past_websockets_max_queue_arrives_whole(server: FeedS
         assert client.stats()["frames"] == 5000
     finally:
         await client.exit()
+
+
+@pytest.mark.skipif(not PICOWS_AVAILABLE, reason="picows is not installed (extra 'fast')")
+async def test_picows_connections_are_taken_from_their_own_buffer(server: FeedServer) -> None:
+    """A PicowsConnection's buffered messages come from recv_nowait(), None when empty; the end stays recv()'s."""
+    ws = await picows_connect(server.url)
+    try:
+        assert queued_reader(ws) == ws.recv_nowait
+        await server.wait_connections(1)
+        for n in range(3):
+            await server.broadcast({"n": n})
+        assert json.loads(await ws.recv()) == {"n": 0}
+        got: list[Any] = []
+        async with asyncio.timeout(5):
+            while len(got) < 2:
+                message = ws.recv_nowait()
+                if message is None:
+                    await asyncio.sleep(0)
+                else:
+                    got.append(json.loads(message))
+        assert got == [{"n": 1}, {"n": 2}] and ws.recv_nowait() is None
+        server.drop()
+        assert ws.recv_nowait() is None  # never raises: recv() reports the end
+    finally:
+        await ws.close()

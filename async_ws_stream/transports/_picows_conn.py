@@ -81,6 +81,21 @@ class PicowsConnection(PicowsFrames):
             return message
         return await self._recv_wait()
 
+    def recv_nowait(self) -> str | bytes | None:
+        """Return the next buffered message, or None when none is buffered (then ``await recv()``).
+
+        What a receive loop calls between ``recv()`` calls to take a whole
+        read's messages without an ``await`` each. Never raises: the end of the
+        connection is ``recv()``'s to report, after the last message.
+        """
+        messages = self._messages
+        if not messages:
+            return None
+        message = messages.popleft()
+        if self._paused and len(messages) <= self._low:
+            self._resume_reading()
+        return message
+
     async def _recv_wait(self) -> str | bytes:
         messages = self._messages
         while not messages:

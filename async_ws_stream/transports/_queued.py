@@ -1,4 +1,4 @@
-"""The messages websockets has already received, taken without an ``await recv()`` each.
+"""The messages a connection has already received, taken without an ``await recv()`` each.
 
 A websockets connection parses a whole socket read into frames at once and
 queues them; ``recv()`` then hands them out one per ``await``, through three
@@ -15,6 +15,7 @@ one whole text or binary frame is left to ``recv()``: fragments (which
 ``recv()`` reassembles), text that is not UTF-8 (which ``recv()`` answers by
 closing with 1007), the end of the connection. ``tests/test_queued.py`` fails
 loudly if the internals change shape; the fallback is the plain ``recv()`` loop.
+A :class:`~._picows_conn.PicowsConnection` has ``recv_nowait()`` of its own.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from collections.abc import Callable
 from loguru import logger
 from websockets.asyncio.connection import Connection
 from websockets.frames import Opcode
+
+from ._picows_conn import PicowsConnection
 
 __all__ = ["nothing_queued", "queued_reader"]
 
@@ -41,6 +44,8 @@ def queued_reader(ws: object) -> Callable[[], str | bytes | None] | None:
     ``recv()``. Call it only from the one task that reads ``ws``, between
     ``recv()`` calls.
     """
+    if isinstance(ws, PicowsConnection):
+        return ws.recv_nowait  # our own connection: its buffer is ours to read
     if not isinstance(ws, Connection):
         return None
     assembler = getattr(ws, "recv_messages", None)
@@ -74,4 +79,4 @@ def queued_reader(ws: object) -> Callable[[], str | bytes | None] | None:
 
 
 def nothing_queued() -> None:
-    """The reader of a connection with no queue to take from (picows, another library's): always None."""
+    """The reader of a connection with no queue to take from (another library's): always None."""
