@@ -295,3 +295,36 @@ async def test_the_thread_handle_subscribes_and_unsubscribes(server: FeedServer,
         assert feed.all_topics() == {"b@trade"} and handle.subscriptions == {"b@trade"}
     finally:
         await asyncio.to_thread(handle.exit)
+
+
+async def test_a_subscribe_whose_connection_is_lost_before_the_ack_completes_on_the_next(
+    server: FeedServer,
+) -> None:
+    """The ack never comes on the first connection (it drops): the call waits for the next, which subscribes."""
+    client = Venue(server.url, backoff_initial=0.01)
+    try:
+        await client.wait_connected(timeout=5)
+        server.route("SUBSCRIBE", lambda params: None, delay=60)  # connection 1 never answers
+        pending = asyncio.create_task(client.subscribe("a@trade", timeout=10))
+        await server.wait_until(lambda: any("SUBSCRIBE" in f for _, f in server.received))
+        assert not pending.done()
+        server.route("SUBSCRIBE", lambda params: None)  # answered from now on
+        server.drop()
+        await pending
+        assert client.subscriptions == {"a@trade"} and client.stats()["reconnects"] == 1
+        assert [n for n, f in server.received if "SUBSCRIBE" in f] == [1, 2]
+    finally:
+        await client.exit()
+
+
+async def test_exit_during_a_subscribe_ends_it_with_client_closed(server: FeedServer) -> None:
+    """A subscribe waiting for its ack when exit() comes raises ClientClosed, and no task is left."""
+    server.route("SUBSCRIBE", lambda params: None, delay=60)
+    client = Venue(server.url)
+    await client.wait_connected(timeout=5)
+    pending = asyncio.create_task(client.subscribe("a@trade"))
+    await server.wait_until(lambda: any("SUBSCRIBE" in f for _, f in server.received))
+    await client.exit()
+    with pytest.raises(ClientClosed):
+        await pending
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("async_ws_stream")]
