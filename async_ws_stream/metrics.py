@@ -12,6 +12,9 @@ metric                                                      what
 ``async_ws_stream_connection``                              the number of the connection serving now
 ``async_ws_stream_last_frame_age_seconds``                  seconds since the last frame
 ``async_ws_stream_stream_queued`` / ``_stream_dropped_total`` per stream (labels ``stream``, ``filters``)
+``async_ws_stream_subscriptions``                           topics in the declared set (``subscribe``)
+``async_ws_stream_shard_{connected,topics}``,               per connection of a sharded client (label
+``async_ws_stream_shard_{messages,reconnects}_total``       ``shard``; one, shard 0, for any other)
 ``async_ws_stream_dequeue_lag_seconds``                     histogram: a frame received to its message
                                                             taken by a consumer (streams made after
                                                             ``instrument``)
@@ -55,7 +58,7 @@ LAG_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                10.0)
 
 _COUNTERS = ("frames", "messages", "dropped", "parse_errors", "handler_errors", "connects", "reconnects",
-             "recycles", "retries")
+             "recycles", "retries", "subscribe_errors")
 _STATES = ("new", "connecting", "connected", "backoff", "failed", "closed")
 
 
@@ -126,6 +129,19 @@ class _Exporter(Collector):  # type: ignore[misc, unused-ignore]  # Any without 
                                    labels=["name", "stream", "filters"])
         dropped = CounterMetricFamily("async_ws_stream_stream_dropped", "messages a stream dropped",
                                       labels=["name", "stream", "filters"])
+        subscriptions = GaugeMetricFamily("async_ws_stream_subscriptions", "topics in the declared set",
+                                          labels=["name"])
+        shard_gauges = {
+            "connected": GaugeMetricFamily("async_ws_stream_shard_connected", "1 while the shard's connection "
+                                           "carries traffic", labels=["name", "shard"]),
+            "topics": GaugeMetricFamily("async_ws_stream_shard_topics", "topics declared on the shard",
+                                        labels=["name", "shard"]),
+        }
+        shard_counters = {
+            key: CounterMetricFamily(f"async_ws_stream_shard_{key}", f"stats()['shards'][n]['{key}']",
+                                     labels=["name", "shard"])
+            for key in ("messages", "reconnects")
+        }
         lags = {
             "dequeue": HistogramMetricFamily("async_ws_stream_dequeue_lag_seconds",
                                              "frame received to message taken by a consumer", labels=["name"]),
@@ -146,10 +162,18 @@ class _Exporter(Collector):  # type: ignore[misc, unused-ignore]  # Any without 
                 labels = [name, str(i), repr(stream["filters"])[:120]]
                 queued.add_metric(labels, stream["queued"])
                 dropped.add_metric(labels, stream["dropped"])
+            subscriptions.add_metric([name], stats["subscriptions"])
+            for shard in stats["shards"]:
+                labels = [name, str(shard["shard"])]
+                shard_gauges["connected"].add_metric(labels, 1.0 if shard["state"] == "connected" else 0.0)
+                shard_gauges["topics"].add_metric(labels, len(shard["topics"]))
+                for key, family in shard_counters.items():
+                    family.add_metric(labels, shard[key])
             for key, histogram in (("dequeue", inst.dequeue_lag), ("message", inst.message_lag)):
                 lags[key].add_metric([name], histogram.buckets(), histogram.sum)
         yield from counters.values()
-        yield from (state, connection, age, queued, dropped, *lags.values())
+        yield from (state, connection, age, queued, dropped, subscriptions, *shard_gauges.values(),
+                    *shard_counters.values(), *lags.values())
 
 
 _exporters: dict[int, tuple[CollectorRegistry, _Exporter]] = {}

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from async_ws_stream.metrics import instrument
-from async_ws_stream.testing import FeedServer
+from async_ws_stream.testing import FeedServer, TopicFeed
 
 from .conftest import JsonClient, settle
 
@@ -88,3 +88,34 @@ async def test_two_clients_share_a_registry_under_their_names(server: FeedServer
         await two.exit()
     assert samples[("async_ws_stream_connects_total", (("name", "one"),))] == 1
     assert samples[("async_ws_stream_connects_total", (("name", "two"),))] == 1
+
+
+async def test_a_sharded_client_exports_each_shard(server: FeedServer) -> None:
+    """Three shards: one series per shard for connected, topics, messages and reconnects, and the set's size."""
+
+    class Sharded(JsonClient):
+        max_subscriptions_per_connection = 2
+
+        def _subscribe_message(self, topics: list[Any]) -> Any:
+            return {"method": "SUBSCRIBE", "params": topics}
+
+    feed = TopicFeed(server)
+    registry = CollectorRegistry()
+    client = Sharded(server.url)
+    instrument(client, registry=registry, name="venue")
+    try:
+        await client.subscribe("a", "b", "c", "d", "e", "f")
+        await feed.publish("a", {"p": 1})
+        await settle(client, server)
+        stats = client.stats()
+        samples = scrape(registry)
+    finally:
+        await client.exit()
+    assert samples[("async_ws_stream_subscriptions", (("name", "venue"),))] == 6
+    for shard in stats["shards"]:
+        labels = (("name", "venue"), ("shard", str(shard["shard"])))
+        assert samples[("async_ws_stream_shard_connected", labels)] == 1
+        assert samples[("async_ws_stream_shard_topics", labels)] == 2
+        assert samples[("async_ws_stream_shard_messages_total", labels)] == shard["messages"]
+    assert sorted(s["shard"] for s in stats["shards"]) == [0, 1, 2]
+    assert sum(s["messages"] for s in stats["shards"]) == stats["messages"]
