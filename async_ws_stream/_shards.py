@@ -170,14 +170,11 @@ class Shards:
         return frozenset(self._where)
 
     def _add(self, number: int) -> Shard:
-        holder: list[Shard] = []
-
         async def on_open(conn: Link) -> None:
-            await self.opened(holder[0], conn)
+            await self.opened(shard, conn)  # bound below, before any connection can open
 
         supervisor, counters = self._make(number, on_open)
         shard = Shard(number, supervisor, counters)
-        holder.append(shard)
         self._shards[number] = shard
         return shard
 
@@ -221,6 +218,7 @@ class Shards:
     async def subscribe(self, topics: tuple[Any, ...], timeout: float | None) -> None:
         """See :meth:`Subscribing.subscribe`."""
         check_timeout("subscribe", timeout)
+        check_not_in_on_connect("subscribe")
         asked = _distinct("subscribe", topics)
         self._check_hook("subscribe", "_subscribe_message")
         new = [t for t in asked if t not in self._where]
@@ -278,6 +276,7 @@ class Shards:
     async def unsubscribe(self, topics: tuple[Any, ...], timeout: float | None) -> None:
         """See :meth:`Subscribing.unsubscribe`."""
         check_timeout("unsubscribe", timeout)
+        check_not_in_on_connect("unsubscribe")
         asked = _distinct("unsubscribe", topics)
         self._check_hook("unsubscribe", "_unsubscribe_message")
         groups: dict[Shard, list[Hashable]] = {}
@@ -362,7 +361,11 @@ class Shards:
                 error = self._hooks._reply_error(reply)
                 if error is not None:
                     return self._refuse(shard, conn, chunk, subscribe, reply, error)
-        except AsyncWsStreamError as exc:  # lost, timed out, or the client ended: the callers decide
+        except Timeout as exc:  # said here too: the callers that waited for it may have gone
+            logger.warning("{}subscribe of {} topics on connection #{}: no ack within {}s",
+                           "" if subscribe else "un", len(chunk), conn.number, ACK_TIMEOUT)
+            return exc
+        except AsyncWsStreamError as exc:  # lost, or the client ended: the callers decide
             return exc
         _apply(conn, chunk, subscribe)
         return None
@@ -406,7 +409,6 @@ class Shards:
         return refusal
 
     def _check_hook(self, call: str, hook: str) -> None:
-        check_not_in_on_connect(call)
         if getattr(type(self._hooks), hook) is getattr(ClientHooks, hook):
             raise NotImplementedError(
                 f"{call} needs the {hook} hook: define {hook}(self, topics) on {type(self._hooks).__name__}, "
