@@ -26,7 +26,7 @@ from loguru import logger
 from websockets.asyncio.client import connect
 
 from async_ws_stream import AsyncWsStream
-from async_ws_stream.testing import FeedServer
+from async_ws_stream.testing import FeedServer, TopicFeed
 from async_ws_stream.transports import (
     PICOWS_AVAILABLE,
     picows_connect,
@@ -66,6 +66,16 @@ class JsonClient(AsyncWsStream[Any]):
         return json.loads(raw)
 
 
+class VenueClient(JsonClient):
+    """JsonClient with Binance's subscription messages: SUBSCRIBE/UNSUBSCRIBE requests."""
+
+    def _subscribe_message(self, topics: list[Any]) -> Any:
+        return {"method": "SUBSCRIBE", "params": topics}
+
+    def _unsubscribe_message(self, topics: list[Any]) -> Any:
+        return {"method": "UNSUBSCRIBE", "params": topics}
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "single_transport: run a client-level test on websockets only")
 
@@ -101,6 +111,12 @@ def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
 async def server() -> AsyncIterator[FeedServer]:
     async with FeedServer() as feed:
         yield feed
+
+
+@pytest.fixture
+async def feed(server: FeedServer) -> TopicFeed:
+    """The venue's subscription rules (Binance's numbers) on the test's server."""
+    return TopicFeed(server)
 
 
 @pytest.fixture

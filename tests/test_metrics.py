@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from async_ws_stream.metrics import instrument
 from async_ws_stream.testing import FeedServer, TopicFeed
 
-from .conftest import JsonClient, settle
+from .conftest import JsonClient, VenueClient, settle
 
 
 class TimedFeed(JsonClient):
@@ -90,16 +90,12 @@ async def test_two_clients_share_a_registry_under_their_names(server: FeedServer
     assert samples[("async_ws_stream_connects_total", (("name", "two"),))] == 1
 
 
-async def test_a_sharded_client_exports_each_shard(server: FeedServer) -> None:
+async def test_a_sharded_client_exports_each_shard(server: FeedServer, feed: TopicFeed) -> None:
     """Three shards: one series per shard for connected, topics, messages and reconnects, and the set's size."""
 
-    class Sharded(JsonClient):
+    class Sharded(VenueClient):
         max_subscriptions_per_connection = 2
 
-        def _subscribe_message(self, topics: list[Any]) -> Any:
-            return {"method": "SUBSCRIBE", "params": topics}
-
-    feed = TopicFeed(server)
     registry = CollectorRegistry()
     client = Sharded(server.url)
     instrument(client, registry=registry, name="venue")

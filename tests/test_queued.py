@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -12,7 +11,11 @@ from websockets.asyncio.server import ServerConnection
 
 from async_ws_stream import Disconnected
 from async_ws_stream.testing import FeedServer
-from async_ws_stream.transports import PICOWS_AVAILABLE, picows_connect, websockets_connect
+from async_ws_stream.transports import (
+    PICOWS_AVAILABLE,
+    picows_connect,
+    websockets_connect,
+)
 from async_ws_stream.transports._queued import queued_reader
 
 from .conftest import JsonClient
@@ -26,13 +29,10 @@ async def test_websockets_connections_still_have_the_queue_the_loop_reads(server
         take = queued_reader(ws)
         assert take is not None, "websockets' Connection.recv_messages.frames.queue changed shape"
         await server.wait_connections(1)
-        await server.broadcast({"a": 1})
-        await server.broadcast(b"\x00\x01")
+        # One write, so one read: when recv() has the first frame, the second is queued behind it.
+        server.connections[0].transport.write(_frame(0x81, b'{"a":1}') + _frame(0x82, b"\x00\x01"))
         assert await ws.recv() == '{"a":1}'
-        async with asyncio.timeout(5):
-            while (got := take()) is None:  # the second frame may still be on its way
-                await asyncio.sleep(0)
-        assert got == b"\x00\x01" and take() is None
+        assert take() == b"\x00\x01" and take() is None
     ws2 = await websockets_connect(server.url)
     try:
         assert queued_reader(ws2) is not None
@@ -106,19 +106,16 @@ async def test_picows_connections_are_taken_from_their_own_buffer(server: FeedSe
     try:
         assert queued_reader(ws) == ws.recv_nowait
         await server.wait_connections(1)
-        for n in range(3):
-            await server.broadcast({"n": n})
+        server.connections[0].transport.write(b"".join(_frame(0x81, b'{"n":%d}' % n) for n in range(3)))
         assert json.loads(await ws.recv()) == {"n": 0}
-        got: list[Any] = []
-        async with asyncio.timeout(5):
-            while len(got) < 2:
-                message = ws.recv_nowait()
-                if message is None:
-                    await asyncio.sleep(0)
-                else:
-                    got.append(json.loads(message))
-        assert got == [{"n": 1}, {"n": 2}] and ws.recv_nowait() is None
+        got = [ws.recv_nowait(), ws.recv_nowait()]
+        assert got == ['{"n":1}', '{"n":2}'] and ws.recv_nowait() is None
         server.drop()
         assert ws.recv_nowait() is None  # never raises: recv() reports the end
     finally:
         await ws.close()
+
+
+def _frame(first_byte: int, payload: bytes) -> bytes:
+    """One unmasked server frame with a payload under 126 bytes (0x81 text, 0x82 binary)."""
+    return bytes((first_byte, len(payload))) + payload

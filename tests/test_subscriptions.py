@@ -10,27 +10,14 @@ from typing import Any
 import pytest
 
 from async_ws_stream import Connected, Disconnected, SubscribeError, Timeout
-from async_ws_stream._subscriptions import RateLimit, chunks, place
 from async_ws_stream._scopes import HookMisuse
+from async_ws_stream._subscriptions import RateLimit, chunks, place
 from async_ws_stream.exceptions import ClientClosed, ConnectionRejected
 from async_ws_stream.testing import FeedServer, TopicFeed
 
-from .conftest import JsonClient
+from .conftest import JsonClient, VenueClient
 
-
-class Venue(JsonClient):
-    """A Binance-style client: topics as SUBSCRIBE/UNSUBSCRIBE requests."""
-
-    def _subscribe_message(self, topics: list[Any]) -> Any:
-        return {"method": "SUBSCRIBE", "params": topics}
-
-    def _unsubscribe_message(self, topics: list[Any]) -> Any:
-        return {"method": "UNSUBSCRIBE", "params": topics}
-
-
-@pytest.fixture
-async def feed(server: FeedServer) -> TopicFeed:
-    return TopicFeed(server)
+Venue = VenueClient
 
 
 @pytest.fixture
@@ -146,25 +133,34 @@ async def test_a_recycle_subscribes_the_new_connection_before_the_old_one_closes
 ) -> None:
     """Numbered trades published across a recycle: the stream misses none (make-before-break holds)."""
     await venue.subscribe("a@trade")
-    stream = venue.stream_filter([{"stream": "a@trade"}])
-    events = venue.events(maxsize=10_000)
+    stream = venue.stream_filter([{"stream": "a@trade"}], maxsize=100_000)
+    events = venue.events()
+    recycled = asyncio.Event()
+    published = 0
+
+    async def publish() -> None:  # a steady feed across the whole recycle, then 10 more after it
+        nonlocal published
+        after = 0
+        while after < 10:
+            await feed.publish("a@trade", {"n": published})
+            published += 1
+            after += recycled.is_set()
+            await asyncio.sleep(0)  # let the client run between trades: a pace, not a wait
+
+    publisher = asyncio.create_task(publish())
     venue.recycle_now.set()
-    n = 0
-    while True:  # publish until the old connection is gone, then a little more
-        await feed.publish("a@trade", {"n": n})
-        n += 1
-        if server.connects == 2 and server.open_connections == 1:
+    kinds = []
+    async for event in events:
+        kinds.append(type(event).__name__)
+        if kinds[-1] == "Connected":
             break
-        await asyncio.sleep(0.001)
-    for _ in range(10):
-        await feed.publish("a@trade", {"n": n})
-        n += 1
+    recycled.set()
+    await publisher
     seen: set[int] = set()
     async with asyncio.timeout(5):
-        while n - 1 not in seen:  # the last one went out on the new connection alone: it comes last
+        while published - 1 not in seen:  # the last one went out on the new connection alone: it comes last
             seen.add((await anext(stream))["data"]["n"])
-    assert seen == set(range(n)) and venue.stats()["recycles"] == 1
-    kinds = [type(e).__name__ for e in [await anext(events) for _ in range(3)]]
+    assert seen == set(range(published)) and venue.stats()["recycles"] == 1
     assert kinds == ["Recycling", "Recycled", "Connected"]
 
 
