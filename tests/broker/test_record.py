@@ -15,6 +15,7 @@ from async_ws_stream.broker._record import (
     RecordEncoder,
     compile_router,
     gap_marker,
+    header_safe,
     is_gap,
 )
 
@@ -40,6 +41,36 @@ def test_sequence_hook_gives_the_id() -> None:
     route, _ = compile_router("t", "md", separator=".")
     enc = RecordEncoder(compact, lambda m: ("BTCUSDT", m["U"], m["u"]), route)
     assert enc.encode({"U": 5, "u": 9})[2] == "s:BTCUSDT:5:9"
+
+
+def test_ids_cannot_end_a_header_early() -> None:
+    """A line break in a sequence key or a collector name is taken out of the id, which is stripped."""
+    assert header_safe(" s:a\r\nX-Evil: 1:1:1 ") == "s:aX-Evil: 1:1:1"
+    assert header_safe("c:00ff") == "c:00ff"
+    route, _ = compile_router("t", "md", separator=".")
+    enc = RecordEncoder(compact, lambda m: ("BTC\nUSDT", 1, 2), route)
+    assert enc.encode({"t": 1})[2] == "s:BTCUSDT:1:2"
+    assert gap_marker(1, "host\r\n:1", 1, "aaaa")[1] == "g:host:1:aaaa:1"
+
+
+def test_each_subject_is_checked_once_and_a_bad_one_is_refused() -> None:
+    """check_route sees each distinct subject once; what it refuses raises, and is not remembered."""
+    seen: list[str] = []
+
+    def check(subject: str) -> None:
+        seen.append(subject)
+        if " " in subject:
+            raise ValueError(f"bad subject {subject!r}")
+
+    route, _ = compile_router("t", "md.{s}", separator=".")
+    enc = RecordEncoder(compact, None, route, check_route=check)
+    for _ in range(3):
+        enc.encode({"s": "BTCUSDT"})
+        with pytest.raises(ValueError, match="bad subject"):
+            enc.encode({"s": "BTC USDT"})
+    assert seen == ["md.BTCUSDT", "md.BTC USDT", "md.BTC USDT", "md.BTC USDT"]
+    with pytest.raises(TypeError, match="not a str"):
+        RecordEncoder(compact, None, lambda m: 5, check_route=check).encode({})  # type: ignore[arg-type,return-value]
 
 
 def test_template_prefix_and_bad_placeholders() -> None:
