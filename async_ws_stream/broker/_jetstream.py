@@ -13,7 +13,8 @@ from nats.aio.msg import Msg
 
 from .._client import AsyncWsStream
 from .._options import Overflow
-from ._common import BrokerConfigError, BrokerError
+from ._common import BrokerConfigError
+from ._hpub import EXPECTED_STREAM, MSG_ID, HpubWriter, check_subject, hpub_writer
 from ._nats import (
     DEFAULT_CONNECT_TIMEOUT,
     connect_nats,
@@ -30,12 +31,6 @@ __all__ = ["JetStreamSink", "check_seconds"]
 DEFAULT_SINK_MAXSIZE = 100_000
 DEFAULT_BATCH = 1000
 DEFAULT_ACK_TIMEOUT = 5.0
-
-_MSG_ID = "Nats-Msg-Id"
-_EXPECTED_STREAM = "Nats-Expected-Stream"
-
-# What a publish can raise while the server is away or the connection is being replaced.
-_PUBLISH_ERRORS = (nats.errors.Error, OSError, asyncio.TimeoutError, BrokerError)
 
 
 class JetStreamSink(SinkCore):
@@ -90,6 +85,8 @@ class JetStreamSink(SinkCore):
 
     retryable = (*SinkCore.retryable, nats.errors.Error)
     window = 4
+    #: Frame each batch as HPUB commands in one write (see ``_hpub``); False: ``nc.publish`` each record.
+    batch_write = True
 
     def __init__(
         self,
@@ -120,6 +117,10 @@ class JetStreamSink(SinkCore):
             if callable(subject):
                 raise ValueError(f"{where}: with a callable subject, pass gap_subject= (a subject of the stream)")
             gap_subject = f"{prefix}._gap" if prefix else "_gap"
+        try:
+            check_subject(gap_subject)
+        except ValueError as exc:
+            raise ValueError(f"{where}: gap_subject: {exc}") from None
         if not isinstance(stream, str) or not stream:
             raise ValueError(f"{where}: stream must be the name of a JetStream stream, got {stream!r}")
         check_seconds(where, "connect_timeout", connect_timeout)
@@ -135,9 +136,11 @@ class JetStreamSink(SinkCore):
         self._connect_timeout = connect_timeout
         self._nats_options = dict(nats_options or {})
         self._link_up = asyncio.Event()  # the NATS connection is up (set and cleared by nats-py's callbacks)
-        self._encoder = RecordEncoder(client._serialize, getattr(client, "_sequence", None), router)
+        self._encoder = RecordEncoder(client._serialize, getattr(client, "_sequence", None), router,
+                                      check_route=check_subject)
         self._encode = self._encoder.encode  # type: ignore[method-assign]  # one call less per message
         self._nc: NatsClient | None = None
+        self._writer: HpubWriter | None = None
         self._inbox = ""
         self._acks: dict[str, asyncio.Future[Msg]] = {}
         self._tokens = 0
@@ -162,6 +165,7 @@ class JetStreamSink(SinkCore):
             self.duplicate_window = info.config.duplicate_window
             # Headers count too: leave room for Nats-Msg-Id and Nats-Expected-Stream.
             self._encoder.max_size = nc.max_payload - 256
+            self._writer = hpub_writer(nc) if self.batch_write else None
             self._inbox = nc.new_inbox()
             await nc.subscribe(self._inbox + ".*", cb=self._on_ack)
         except BaseException:
@@ -198,15 +202,18 @@ class JetStreamSink(SinkCore):
         if not nc.is_connected:
             async with asyncio.timeout(self._ack_timeout):
                 await self._link_up.wait()
-        publish = nc.publish
-        for subject, data, msg_id in records[:-1]:
-            await publish(subject, data, headers={_MSG_ID: msg_id})
         self._tokens += 1
         reply = f"{self._inbox}.{self._tokens}"
         future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
-        self._acks[reply] = future
-        subject, data, msg_id = records[-1]
-        await publish(subject, data, reply=reply, headers={_MSG_ID: msg_id, _EXPECTED_STREAM: self._stream_name})
+        self._acks[reply] = future  # before the write: the answer may come while it yields
+        if self._writer is not None:
+            await self._writer.write(records, reply, self._stream_name)
+        else:
+            publish = nc.publish
+            for subject, data, msg_id in records[:-1]:
+                await publish(subject, data, headers={MSG_ID: msg_id})
+            subject, data, msg_id = records[-1]
+            await publish(subject, data, reply=reply, headers={MSG_ID: msg_id, EXPECTED_STREAM: self._stream_name})
         return future
 
     def _confirm(self, answer: Msg) -> None:
