@@ -19,7 +19,8 @@ The rooms, one idea each (the README's "How it is built" says more)::
     _sending.py       send, wait_connected, present_ws: shard 0, the client's own connection
     _subscriptions.py pure: rate limits (send_rate, connect_rate), where topics go, message chunks
     _consumers.py     the registry of streams and handlers
-    _streams.py       Stream (the consumer's handle) over its Feed (buffer, overflow policy)
+    _streams.py       Stream (the consumer's handle: a message or a batch) over its Feed (buffer, overflow policy)
+    _timed.py         the streams of an instrumented client, which time each message's wait
     _handlers.py      sync and async handlers
     _filters.py       pure: compiled filters, the plain definition of a match
     _dispatch.py      pure: the index that routes each message to its targets

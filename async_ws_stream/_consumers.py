@@ -21,7 +21,8 @@ from ._filters import Filters, compile_filters
 from ._handlers import AsyncHandler, SyncHandler
 from ._options import Overflow, check_buffer
 from ._scopes import recycle_trigger
-from ._streams import Feed, Pressure, Stream, TimedStream
+from ._streams import Feed, Pressure, Stream
+from ._timed import TimedStream
 
 __all__ = ["Consumers"]
 

@@ -20,7 +20,6 @@ import asyncio
 import copy as _copy
 import enum
 import sys
-import time
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
@@ -32,7 +31,7 @@ from ._counters import Counters
 from ._options import Overflow
 from .exceptions import StreamOverflow
 
-__all__ = ["DropCount", "Feed", "Pressure", "Stream", "StreamStatistics", "TimedStream"]
+__all__ = ["Batches", "DropCount", "Feed", "Pressure", "Stream", "StreamStatistics"]
 
 M = TypeVar("M")
 
@@ -377,6 +376,40 @@ class Stream(Generic[M]):
         """Return the next buffered message, or raise IndexError when there is none."""
         return self._feed._buf.popleft()
 
+    async def get_batch(self, most: int = 1000) -> list[M]:
+        """Return what is buffered, up to ``most`` messages in order; wait for one if none is.
+
+        For a consumer that handles messages in groups (a file, a database, a
+        broker): it is woken once for the group, not once a message. Cancel-safe
+        like ``async for``: a cancelled call takes nothing.
+
+        Raises:
+            ValueError: ``most`` is not an int >= 1.
+            StreamOverflow: the stream overflowed under ``overflow="error"`` (after its buffer).
+            EOFError: the stream has ended and its buffer is empty.
+        """
+        _check_most(most)
+        return self._more(await self.get(), most)
+
+    def batches(self, most: int = 1000) -> Batches[M]:
+        """``async for batch in stream.batches(most):`` each a :meth:`get_batch`; ends with the stream.
+
+        Raises:
+            ValueError: ``most`` is not an int >= 1.
+        """
+        _check_most(most)
+        return Batches(self, most)
+
+    def _more(self, first: M, most: int) -> list[M]:
+        """``first`` and up to ``most - 1`` buffered messages after it."""
+        buf = self._feed._buf
+        if len(buf) < most:
+            batch = [first, *buf]
+            buf.clear()
+            return batch
+        popleft = buf.popleft
+        return [first, *[popleft() for _ in range(most - 1)]]
+
     @property
     def dropped(self) -> int:
         """Messages this stream lost to its overflow policy."""
@@ -424,40 +457,23 @@ class Stream(Generic[M]):
         self._feed.finish(error)
 
 
-class TimedFeed(Feed[M]):
-    """A feed that holds ``(time, message)`` pairs, for a :class:`TimedStream`."""
+class Batches(Generic[M]):
+    """The async iterator of :meth:`Stream.batches`: lists of up to ``most`` messages, in order."""
 
-    __slots__ = ("on_wait",)
+    __slots__ = ("_most", "_stream")
 
-    def __init__(self, *args: Any, on_wait: Callable[[float], None], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.on_wait = on_wait
+    def __init__(self, stream: Stream[M], most: int) -> None:
+        self._stream = stream
+        self._most = most
 
-    def deliver(self, msg: M) -> None:
-        """Buffer ``msg`` with the time it arrived (see :meth:`Feed.deliver`)."""
-        super().deliver((time.monotonic(), msg))  # type: ignore[arg-type]
+    def __aiter__(self) -> Batches[M]:
+        return self
+
+    async def __anext__(self) -> list[M]:
+        stream = self._stream
+        return stream._more(await stream.__anext__(), self._most)
 
 
-class TimedStream(Stream[M]):
-    """A :class:`Stream` that reports how long each message waited between its dispatch and its consumer.
-
-    Made instead of a plain stream once the client is instrumented
-    (:mod:`async_ws_stream.metrics`); its feed holds ``(time, message)`` pairs, so
-    plain streams pay nothing for it.
-    """
-
-    __slots__ = ()
-
-    def __init__(self, filters: Any, *, on_wait: Callable[[float], None], **options: Any) -> None:
-        self._feed = TimedFeed(filters, on_wait=on_wait, **options)
-
-    async def __anext__(self) -> M:
-        held: Any = await super().__anext__()
-        self._feed.on_wait(time.monotonic() - held[0])  # type: ignore[attr-defined]
-        return held[1]  # type: ignore[no-any-return]
-
-    def get_nowait(self) -> M:
-        """Return the next buffered message, or raise IndexError when there is none."""
-        held: Any = super().get_nowait()
-        self._feed.on_wait(time.monotonic() - held[0])  # type: ignore[attr-defined]
-        return held[1]  # type: ignore[no-any-return]
+def _check_most(most: object) -> None:
+    if isinstance(most, bool) or not isinstance(most, int) or most < 1:
+        raise ValueError(f"most must be an int >= 1 (the largest batch), got {most!r}")

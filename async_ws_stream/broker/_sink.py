@@ -223,18 +223,14 @@ class SinkCore:
                     break
                 self._idle = True
                 try:
-                    first = await stream.__anext__()
-                except StopAsyncIteration:
+                    batch = await stream.get_batch(self._batch)
+                except EOFError:
                     break
                 except StreamOverflow as exc:
                     logger.error("{}: {}; the sink stops (use overflow='drop_oldest')", self._where, exc)
                     break
                 finally:
                     self._idle = False
-                batch = [first]
-                limit = self._batch
-                while stream.queued and len(batch) < limit:
-                    batch.append(stream.get_nowait())
                 records = self._encode_all(batch)
                 markers = self._mark_losses(records)
                 if records:
