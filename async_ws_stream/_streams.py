@@ -389,6 +389,8 @@ class Stream(Generic[M]):
             EOFError: the stream has ended and its buffer is empty.
         """
         _check_most(most)
+        if self._feed._buf:
+            return self._take(most)
         return self._more(await self.get(), most)
 
     def batches(self, most: int = 1000) -> Batches[M]:
@@ -400,15 +402,21 @@ class Stream(Generic[M]):
         _check_most(most)
         return Batches(self, most)
 
-    def _more(self, first: M, most: int) -> list[M]:
-        """``first`` and up to ``most - 1`` buffered messages after it."""
+    def _take(self, most: int) -> list[M]:
+        """Up to ``most`` buffered messages; there is at least one."""
         buf = self._feed._buf
-        if len(buf) < most:
-            batch = [first, *buf]
+        if len(buf) <= most:
+            batch = list(buf)
             buf.clear()
             return batch
         popleft = buf.popleft
-        return [first, *[popleft() for _ in range(most - 1)]]
+        return [popleft() for _ in range(most)]
+
+    def _more(self, first: M, most: int) -> list[M]:
+        """``first`` and up to ``most - 1`` buffered messages after it."""
+        if most == 1 or not self._feed._buf:
+            return [first]
+        return [first, *self._take(most - 1)]
 
     @property
     def dropped(self) -> int:
@@ -471,6 +479,8 @@ class Batches(Generic[M]):
 
     async def __anext__(self) -> list[M]:
         stream = self._stream
+        if stream._feed._buf:  # under load, the usual case: no wait
+            return stream._take(self._most)
         return stream._more(await stream.__anext__(), self._most)
 
 

@@ -52,12 +52,12 @@ class TimedStream(Stream[M]):
         self._feed.on_wait(time.monotonic() - held[0])  # type: ignore[attr-defined]
         return held[1]  # type: ignore[no-any-return]
 
-    def _more(self, first: M, most: int) -> list[M]:
+    def _take(self, most: int) -> list[M]:
         buf: Any = self._feed._buf
         on_wait = self._feed.on_wait  # type: ignore[attr-defined]
         now = time.monotonic()
-        batch = [first]
-        for _ in range(min(len(buf), most - 1)):
+        batch = []
+        for _ in range(min(len(buf), most)):
             held, msg = buf.popleft()
             on_wait(now - held)
             batch.append(msg)
