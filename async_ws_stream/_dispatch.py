@@ -4,10 +4,11 @@ This module is pure: no asyncio, no I/O, no logging. The filters it files are co
 by :mod:`._filters`, which also gives the plain definition of a match.
 
 :class:`Index` finds the matching subscriptions without scanning the ones that cannot
-match: each clause with a hashable, self-equal, non-callable value is filed under one
-such pair, ``by_path[path][value]``, so a message costs one dict lookup per indexed path
-plus the candidates found. Clauses with no such pair (predicates only, unhashable or NaN
-values, whole-message callables) are few in practice and are evaluated one by one.
+match. Filters of plain top-level equalities go to :mod:`._shapes` (one lookup proves
+each kind whole); any other clause with a hashable, self-equal, non-callable value is
+filed under one such pair, ``by_path[path][value]``: one lookup per indexed path plus the
+candidates found. The rest (predicates only, unhashable or NaN values, whole-message
+callables) are few in practice and are evaluated one by one.
 
 The lookup relies on the data model's contract that equal values hash equally, which
 holds for every type a JSON parser produces; that is also why ``1``, ``1.0`` and ``True``
@@ -20,7 +21,7 @@ mapping is read directly.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 from ._filters import (
@@ -34,6 +35,7 @@ from ._filters import (
     pairs_match,
     walk,
 )
+from ._shapes import Keys, Shapes, fast_match, shape_of
 
 __all__ = ["Index", "Subscription", "Target"]
 
@@ -59,7 +61,7 @@ class Subscription(Generic[T]):
         clauses: The compiled filter it was registered with.
     """
 
-    __slots__ = ("target", "clauses", "_index", "_seen")
+    __slots__ = ("target", "clauses", "_index", "_seen", "_shape")
 
     def __init__(self, target: T, clauses: tuple[Clause, ...], index: Index[T]) -> None:
         self.target = target
@@ -68,6 +70,8 @@ class Subscription(Generic[T]):
         # Stamp of the last match() that returned this subscription; it keeps a filter
         # with several matching clauses from being returned twice, without a set.
         self._seen = 0
+        # (shape, lookup keys) when it is filed in the index's shapes (see _shapes).
+        self._shape: tuple[Keys, list[Any]] | None = None
 
     @property
     def active(self) -> bool:
@@ -128,6 +132,7 @@ class Index(Generic[T]):
         # iteration in registration order.
         self._everyone_subs: dict[Subscription[T], None] = {}
         self._scan_entries: dict[_Entry, None] = {}
+        self._shapes: Shapes[T] = Shapes()
         # path -> value -> entry -> what match() reads of it.
         self._anchored: dict[Path, dict[Any, dict[_Entry, _Anchored]]] = {}
         # Snapshots read by match(): immutable tuples, so that neither the caller nor a
@@ -137,13 +142,16 @@ class Index(Generic[T]):
         self._scan_callables: tuple[_Entry, ...] = ()
         self._lookup: dict[Path, dict[Any, tuple[_Anchored, ...]]] = {}
         self._paths: tuple[tuple[Hashable, Path, dict[Any, tuple[_Anchored, ...]]], ...] = ()
+        self._shape_list = self._shapes.snapshot
         self._only_everyone = True
+        self._fast: Callable[[object], Sequence[T]] | None = None
         # What the next match() must rebuild before it reads the snapshots.
         self._stale = False
         self._dirty_everyone = False
         self._dirty_scan = False
         self._dirty_buckets: set[tuple[Path, Any]] = set()
         self._tick = 0
+        self._version = 0  # counts changes, for the functions matcher() hands out
 
     def __len__(self) -> int:
         """Return the number of live subscriptions."""
@@ -175,9 +183,15 @@ class Index(Generic[T]):
         sub = Subscription(target, clauses, self)
         self._count += 1
         self._stale = True
+        self._version += 1
         if not clauses:
             self._everyone_subs[sub] = None
             self._dirty_everyone = True
+            return sub
+        shaped = shape_of(clauses)
+        if shaped is not None and self._shapes.can_take(shaped[0]):
+            sub._shape = shaped
+            self._shapes.add(sub, target, *shaped)
             return sub
         # A clause listed twice in one filter is filed once (remove() does the same).
         for clause in dict.fromkeys(clauses):
@@ -273,9 +287,13 @@ class Index(Generic[T]):
         handle._index = None
         self._count -= 1
         self._stale = True
+        self._version += 1
         if not handle.clauses:
             del self._everyone_subs[handle]
             self._dirty_everyone = True
+            return
+        if handle._shape is not None:
+            self._shapes.remove(handle, *handle._shape)
             return
         for clause in dict.fromkeys(handle.clauses):
             entry: _Entry = (handle, clause)
@@ -326,8 +344,24 @@ class Index(Generic[T]):
             self._dirty_buckets.clear()
             if paths_changed:
                 self._paths = tuple((path[0], path[1:], lookup) for path, lookup in self._lookup.items())
-        self._only_everyone = not self._paths and not self._scan
+        self._shapes.refresh()
+        self._shape_list = self._shapes.snapshot
+        self._only_everyone = not self._paths and not self._scan and not self._shape_list
+        alone = not self._everyone and not self._paths and not self._scan  # only shapes, if any
+        self._fast = fast_match(self, self._shapes, self.match) if alone else None
         self._stale = False
+
+    def matcher(self) -> Callable[[object], Sequence[T]]:
+        """:meth:`match`, or a faster function that gives the same results for now and later.
+
+        When every subscription is of one shape of one or two keys (as when every
+        stream filters on ``{"e": ..., "s": ...}``), the function is one dict lookup;
+        after any add or remove, or for a message that is not a dict, it hands over
+        to :meth:`match`. The receive loop asks for it anew after every socket read.
+        """
+        if self._stale:
+            self._refresh()
+        return self._fast or self.match
 
     def match(self, msg: object) -> Sequence[T]:
         """Return the target of every subscription whose filter matches msg.
@@ -361,9 +395,14 @@ class Index(Generic[T]):
         self._tick = tick = self._tick + 1
         on_error = self._on_error
         result: list[T] | None = None
-        # Most messages match one filter: while there is one match and no everyone, it is
-        # kept as a 1-tuple, cheaper to make than a list to append to.
-        found: tuple[T] | None = None
+        # While nothing but one tuple matched, it is kept as it came: cheaper than a list.
+        found: Sequence[T] | None = None
+        if self._shape_list:
+            shaped = self._shapes.match(view, msg, on_error)
+            if shaped and everyone:
+                result = [*everyone, *shaped]
+            elif shaped:
+                found = shaped
         for key, rest, lookup in self._paths:
             value = view.get(key, MISSING)
             if value is MISSING:

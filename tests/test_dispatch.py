@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from async_ws_stream._dispatch import Index, Subscription
 from async_ws_stream._filters import Clause, compile_condition, compile_filters, matches
+from async_ws_stream._shapes import SHAPES_MAX
 
 NAN = float("nan")
 
@@ -179,7 +180,7 @@ def test_same_target_added_twice_is_returned_twice() -> None:
     index: Index[str] = Index()
     index.add(compile_filters([{"s": "A"}]), "t")
     index.add(compile_filters([{"s": "A"}]), "t")
-    assert index.match({"s": "A"}) == ["t", "t"]
+    assert list(index.match({"s": "A"})) == ["t", "t"]
 
 
 def test_match_all_targets_come_first_in_registration_order() -> None:
@@ -841,6 +842,7 @@ def test_index_agrees_under_interleaved_adds_removes_and_matches(ops: list[Any])
     index: Index[int] = Index(on_error=ignore)
     live: dict[int, tuple[Any, Subscription[int]]] = {}
     added = 0
+    held = index.matcher()  # taken before later adds and removes: it must still be right
     for op, arg in ops:
         if op == "add":
             live[added] = (arg, index.add(compile_filters(arg), added))
@@ -851,6 +853,9 @@ def test_index_agrees_under_interleaved_adds_removes_and_matches(ops: list[Any])
         else:
             expected = sorted(i for i, (f, _) in live.items() if plain_matches(f, arg))
             assert sorted(index.match(arg)) == expected
+            assert sorted(held(arg)) == expected
+            held = index.matcher()
+            assert sorted(held(arg)) == expected
         assert len(index) == len(live)
 
 
@@ -865,3 +870,66 @@ def test_equal_values_of_different_types_share_a_bucket(value: Any, field: Any) 
     index, _ = index_of(*filters)
     msg = {"a": field}
     assert sorted(index.match(msg)) == [i for i, f in enumerate(filters) if plain_matches(f, msg)]
+
+
+# --- Shapes: filters of top-level equalities, one lookup each kind ------------------------
+
+
+def test_keys_in_any_order_share_a_shape_and_match_fully() -> None:
+    """{"e", "s"} in either order is one shape; a message must have both values to match."""
+    index, _ = index_of([{"e": "trade", "s": "A"}], [{"s": "B", "e": "trade"}], [{"s": "A", "e": "depth"}])
+    assert len(index._shapes) == 1
+    assert index.match({"e": "trade", "s": "A", "p": 1}) == (0,)
+    assert index.match({"s": "B", "e": "trade"}) == (1,)
+    assert index.match({"e": "trade"}) == () and index.match({"s": "A"}) == ()
+
+
+def test_a_filter_of_several_dicts_of_one_shape_is_found_once() -> None:
+    """[{"s": "A"}, {"s": "B"}] matches A and B, once each; the same dict twice is one match."""
+    index, _ = index_of([{"s": "A"}, {"s": "B"}], [{"s": "A"}, {"s": "A"}])
+    assert index.match({"s": "A"}) == (0, 1)
+    assert index.match({"s": "B"}) == (0,)
+
+
+def test_shapes_beside_everyone_buckets_and_scans_keep_the_contract() -> None:
+    """Everyone first, then every other match once, whatever room each filter went to."""
+    index, _ = index_of(
+        [{"s": "A"}],                      # a shape
+        None,                              # everyone
+        [{"s": "A", "p": lambda v: v}],    # a bucket (a predicate)
+        [{"s": "A"}, {"e": "trade"}],      # two shapes in one filter: a bucket
+        [lambda m: "s" in m],              # a scan
+    )
+    got = list(index.match({"s": "A", "e": "trade", "p": 1}))
+    assert got[0] == 1 and sorted(got) == [0, 1, 2, 3, 4]
+
+
+def test_more_shapes_than_kept_still_match() -> None:
+    """Beyond SHAPES_MAX shapes, filters go to the buckets and match all the same."""
+    keys = ["a", "b", "c", "d", "e", "f", "g"]
+    index, _ = index_of(*[[{k: 1}] for k in keys])
+    assert len(index._shapes) == SHAPES_MAX
+    for i, k in enumerate(keys):
+        assert list(index.match({k: 1})) == [i]
+
+
+def test_an_unhashable_value_is_checked_against_the_shape() -> None:
+    """A set in the message matches a frozenset filter of a two-key shape, through the slow path."""
+    index, _ = index_of([{"e": "t", "s": frozenset({1})}], [{"e": "t", "s": 2}])
+    assert list(index.match({"e": "t", "s": {1}})) == [0]
+    assert list(index.matcher()({"e": "t", "s": {1}})) == [0]
+    assert list(index.match({"e": "t", "s": [1]})) == []
+
+
+def test_matcher_is_one_lookup_for_one_shape_and_stays_right_after_changes() -> None:
+    """With one shape, matcher() is not match(); after an add it still sees the new filter."""
+    index, subs = index_of([{"e": "trade", "s": "A"}], [{"e": "trade", "s": "B"}])
+    fast = index.matcher()
+    assert fast != index.match
+    assert fast({"e": "trade", "s": "A"}) == (0,) and fast({"e": "trade", "s": "C"}) == ()
+    index.add(compile_filters([{"e": "trade", "s": "C"}]), 2)
+    index.remove(subs[0])
+    assert list(fast({"e": "trade", "s": "C"})) == [2] and list(fast({"e": "trade", "s": "A"})) == []
+    assert list(fast(OrderedDict(e="trade", s="B"))) == [1]  # not a dict: match() does it
+    index.add((), 3)
+    assert index.matcher() == index.match  # everyone: no shortcut
