@@ -326,12 +326,13 @@ class Supervisor:
 
         One ``await recv()`` per socket read, not per message: what websockets
         already holds behind it is taken with ``take`` (see :mod:`.transports._queued`).
+        The index's fastest matcher is asked for after each read (see ``Index.matcher``).
         """
         recv = conn.ws.recv
         take = queued_reader(conn.ws) or nothing_queued
         parse = self._hooks._parse_raw_data
         parse_is_async = inspect.iscoroutinefunction(parse)
-        match = self._index.match
+        matcher = self._index.matcher
         counters = self._counters
         pressure = self._pressure
         clock = time.monotonic
@@ -340,6 +341,7 @@ class Supervisor:
         try:
             while True:
                 raw: str | bytes | None = await recv()
+                match = matcher()
                 while raw is not None:
                     conn.last_frame = clock()
                     counters.frames += 1
@@ -367,7 +369,7 @@ class Supervisor:
         take = queued_reader(conn.ws) or nothing_queued
         parse = self._hooks._parse_raw_data
         parse_is_async = inspect.iscoroutinefunction(parse)
-        match = self._index.match
+        matcher = self._index.matcher
         admit = self._admit
         assert admit is not None
         counters = self._counters
@@ -378,6 +380,7 @@ class Supervisor:
         try:
             while True:
                 raw: str | bytes | None = await recv()
+                match = matcher()
                 while raw is not None:
                     conn.last_frame = clock()
                     counters.frames += 1
