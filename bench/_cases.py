@@ -220,7 +220,7 @@ def _check_frames(client: BenchClient, n: int) -> list[str]:
 
 
 async def _one_stream(client: BenchClient, args: Args, meter: Meter,
-                      seq: Callable[[Any], int] = lambda m: m["t"]) -> list[str]:
+                      seq: Callable[[Any], int] = lambda m: m["t"], batches: bool = False) -> list[str]:
     n = args.messages
     try:
         stream = client.stream_filter()
@@ -228,15 +228,27 @@ async def _one_stream(client: BenchClient, args: Args, meter: Meter,
         await meter.start()
         await client.send(blast(args))
         count = expect = bad = 0
-        async for msg in stream:
-            if seq(msg) != expect:
-                bad += 1
-            expect += 1
-            if expect == CYCLE:
-                expect = 0
-            count += 1
-            if count == n:
-                break
+        if batches:  # the batch API: async for batch in stream.batches()
+            async for batch in stream.batches():
+                for msg in batch:
+                    if seq(msg) != expect:
+                        bad += 1
+                    expect += 1
+                    if expect == CYCLE:
+                        expect = 0
+                count += len(batch)
+                if count >= n:
+                    break
+        else:
+            async for msg in stream:
+                if seq(msg) != expect:
+                    bad += 1
+                expect += 1
+                if expect == CYCLE:
+                    expect = 0
+                count += 1
+                if count == n:
+                    break
         await meter.stop()
         return ([f"{bad} messages out of sequence"] if bad else []) + _check_frames(client, n)
     finally:
@@ -244,7 +256,8 @@ async def _one_stream(client: BenchClient, args: Args, meter: Meter,
 
 
 async def _symbol_streams(client: BenchClient, args: Args, meter: Meter, symbols: int, idle: int = 0,
-                          freeze: bool = False, sym_of: Callable[[Any], str] = lambda m: m["s"]) -> list[str]:
+                          freeze: bool = False, sym_of: Callable[[Any], str] = lambda m: m["s"],
+                          batches: bool = False) -> list[str]:
     """A stream per symbol (each with its consumer task), plus ``idle`` streams whose symbol never comes."""
     n = args.messages
     expected = expected_counts(n, args.seed, symbols)
@@ -258,6 +271,20 @@ async def _symbol_streams(client: BenchClient, args: Args, meter: Meter, symbols
             if count == want:
                 break
         return count, bad
+
+    async def consume_batches(stream: Any, sym: str, want: int) -> tuple[int, int]:
+        count = bad = 0
+        async for batch in stream.batches():
+            for msg in batch:
+                if sym_of(msg) != sym:
+                    bad += 1
+            count += len(batch)
+            if count >= want:
+                break
+        return count, bad
+
+    if batches:
+        consume = consume_batches
 
     async def idle_consume(stream: Any) -> int:
         got = 0
@@ -369,6 +396,8 @@ CASES: dict[str, Case] = {
     "lib-1k-picows": lambda a, m: _symbol_streams(PicowsClient(a.url), a, m, SYMBOLS),
     "lib-1-msgspec": lambda a, m: _one_stream(MsgspecClient(a.url), a, m, lambda t: t.t),
     "lib-1k-msgspec": lambda a, m: _symbol_streams(MsgspecClient(a.url), a, m, SYMBOLS, sym_of=lambda t: t.s),
+    "lib-1-batches": lambda a, m: _one_stream(BenchClient(a.url), a, m, batches=True),
+    "lib-1k-batches": lambda a, m: _symbol_streams(BenchClient(a.url), a, m, SYMBOLS, batches=True),
     "lib-1-metrics": lambda a, m: _one_stream(_instrumented(a.url), a, m),
     "lib-1k-metrics": lambda a, m: _symbol_streams(_instrumented(a.url), a, m, SYMBOLS),
     "sync-handler": lambda a, m: _handlers(a, m, asynchronous=False),

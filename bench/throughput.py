@@ -76,6 +76,8 @@ VARIANTS: list[Variant] = [
     Variant("AsyncWsStream, 10,000 streams, gc.freeze()", "lib-10k-freeze"),
     Variant("AsyncWsStream, 1 stream, async def parse", "lib-1-async-parse"),
     Variant("AsyncWsStream, 1,000 streams, async def parse", "lib-1k-async-parse"),
+    Variant("AsyncWsStream, 1 stream, stream.batches()", "lib-1-batches"),
+    Variant("AsyncWsStream, 1,000 streams, stream.batches()", "lib-1k-batches"),
     Variant("AsyncWsStream, 1 stream, instrumented (metrics)", "lib-1-metrics"),
     Variant("AsyncWsStream, 1,000 streams, instrumented (metrics)", "lib-1k-metrics"),
     Variant("AsyncWsStream, 1 sync handler", "sync-handler"),
@@ -187,6 +189,8 @@ def report(setup: Setup, variants: list[Variant], bares: list[float], rounds: in
     lines = [
         ("1,000 streams / hand-written floor", _quotient(get("lib-1k"), get("floor-1k"))),
         ("10,000 / 1,000 streams", _quotient(get("lib-10k"), get("lib-1k"))),
+        ("1 stream: batches() / async for", _quotient(get("lib-1-batches"), get("lib-1"))),
+        ("1,000 streams: batches() / async for", _quotient(get("lib-1k-batches"), get("lib-1k"))),
         ("1 stream: instrumented / not", _quotient(get("lib-1-metrics"), get("lib-1"))),
         ("1,000 streams: instrumented / not", _quotient(get("lib-1k-metrics"), get("lib-1k"))),
         ("10,000 streams: gc.freeze() / without", _quotient(get("lib-10k-freeze"), get("lib-10k"))),
