@@ -58,6 +58,9 @@ def queued_reader(ws: object) -> Callable[[], str | bytes | None] | None:
 
     def take() -> str | bytes | None:
         if not queue:
+            # websockets' flow control: read the socket again if the queue had paused it. Once
+            # the queue is empty, not after every frame: the loop does not read while we take.
+            resume()
             return None
         frame = queue[0]
         if not frame.fin:
@@ -72,7 +75,6 @@ def queued_reader(ws: object) -> Callable[[], str | bytes | None] | None:
         else:
             return None
         queue.popleft()
-        resume()  # websockets' flow control: read the socket again once the queue runs low
         return data
 
     return take
