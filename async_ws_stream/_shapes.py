@@ -52,7 +52,8 @@ def shape_of(clauses: tuple[Clause, ...]) -> tuple[Keys, list[Any]] | None:
             return None
         by_key = {}
         for key, steps, value, is_predicate in pairs:
-            if steps or is_predicate or not is_anchorable(value):
+            # {"b": 1, ("b",): 2} names one key twice: it needs both values, no lookup can say so.
+            if steps or is_predicate or key in by_key or not is_anchorable(value):
                 return None
             by_key[key] = value
         ordered: list[Any] = list(by_key)
@@ -129,8 +130,9 @@ class Shapes(Generic[T]):
                 if not lookup:
                     del self._lookups[shape]
         self._dirty.clear()
+        lookups = self._lookups  # in the order the shapes were first filed, whatever the set's order
         self.snapshot = tuple(
-            (len(shape), shape[0], shape[-1], shape, lookup) for shape, lookup in self._lookups.items()
+            (len(shape), shape[0], shape[-1], shape, lookups[shape]) for shape in self._filed if shape in lookups
         )
 
     def match(self, view: Any, msg: object, on_error: OnError | None) -> Sequence[T] | None:

@@ -904,6 +904,12 @@ def test_shapes_beside_everyone_buckets_and_scans_keep_the_contract() -> None:
     assert got[0] == 1 and sorted(got) == [0, 1, 2, 3, 4]
 
 
+def test_a_key_named_twice_in_one_dict_needs_both_values() -> None:
+    """{"b": None, ("b",): 0} can match nothing: it is not filed as a shape of one value."""
+    index, _ = index_of([{"b": None, ("b",): 0}], [{"b": 0}])
+    assert list(index.match({"b": 0})) == [1] and list(index.match({"b": None})) == []
+
+
 def test_more_shapes_than_kept_still_match() -> None:
     """Beyond SHAPES_MAX shapes, filters go to the buckets and match all the same."""
     keys = ["a", "b", "c", "d", "e", "f", "g"]
