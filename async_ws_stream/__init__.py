@@ -12,6 +12,7 @@ The rooms, one idea each (the README's "How it is built" says more)::
     _client.py        AsyncWsStream: start/exit, consumers, events, send, stats
     _hooks.py         the hooks a subclass implements, with their defaults
     _supervisor.py    one connection's life: connect with retry, serve, pump, recycle, watch, retire
+    _pump.py          the hot path: the receive loops (read, parse, dispatch)
     _link.py          one open connection (Link), the WebSocket protocol it fits, the Gate senders wait on
     _backoff.py       pure: RetryPolicy and the delays; which failures are fatal
     _conversation.py  request, expect, wait_for, poll
@@ -24,6 +25,7 @@ The rooms, one idea each (the README's "How it is built" says more)::
     _handlers.py      sync and async handlers
     _filters.py       pure: compiled filters, the plain definition of a match
     _dispatch.py      pure: the index that routes each message to its targets
+    _shapes.py        pure: its shapes, filters of plain top-level equalities found with one lookup
     _sequences.py     pure: per-key sequence numbers, duplicate/gap verdicts, what a resync holds
     _sequencer.py     sequence tracking in a running client: Gap events, resync tasks
     _expect.py        Expectation, the awaitable behind every wait

@@ -8,9 +8,9 @@ One task runs :meth:`Supervisor.run`::
                                read this one to its end, then serve the successor
 
 While a connection is served, up to three tasks run under one TaskGroup: the
-pump (read, parse, dispatch; with a ``_sequence`` hook, the sequenced pump, which
-asks the :mod:`._sequencer` about each message first, chosen once per connection
-so that the plain pump has no per-message test for it), the recycle trigger (the user's
+pump (read, parse, dispatch: the hot path, in :mod:`._pump`; with a ``_sequence``
+hook, the sequenced pump, which asks the :mod:`._sequencer` about each message
+first), the recycle trigger (the user's
 ``_when2create_new_ws``, then the make-before-break swap) and, with
 ``idle_timeout``, a watchdog. Every attempt to open a connection, for a
 reconnect or for a recycle's successor, goes through one loop,
@@ -43,13 +43,13 @@ from ._dispatch import Index, Target
 from ._events import Connected, Disconnected, Event, Recycled, Recycling, Retrying
 from ._link import Gate, Link, abort, check_connection, close
 from ._options import EXIT_GRACE
+from ._pump import Pump
 from ._redact import describe, traceback_of
 from ._scopes import running
 from ._streams import Pressure
 from ._subscriptions import Rate, RateLimit
 from .exceptions import AsyncWsStreamError, ConnectionLost, Timeout
 from .transports import guard
-from .transports._queued import nothing_queued, queued_reader
 
 __all__ = ["Hooks", "State", "Supervisor"]
 
@@ -77,7 +77,7 @@ class State(enum.Enum):
     CLOSED = "closed"  # exit() was called
 
 
-class Supervisor:
+class Supervisor(Pump):
     """Owns the connection of one client: opens it, pumps it, recycles it, replaces it when lost.
 
     Args:
@@ -279,16 +279,6 @@ class Supervisor:
                 raise
             raise Timeout(f"connection #{conn.number}: no reply within {timeout}s") from exc
 
-    def _deliver_early(self, conn: Link) -> None:
-        """Deliver what :meth:`read_early` kept, in order, before the first frame the pump reads."""
-        early, conn.early = conn.early, []
-        admit = self._admit
-        match = self._index.match
-        for msg in early:
-            if admit is None or admit(msg):
-                for target in match(msg):
-                    target.deliver(msg)
-
     async def _serve(self, conn: Link) -> Link | None:
         """Pump ``conn`` until it ends; return its successor if it was recycled."""
         self.current = conn
@@ -320,103 +310,6 @@ class Supervisor:
                 self.gate.shut()
             self._on_closed(conn)
         return conn.successor
-
-    async def _pump(self, conn: Link) -> None:
-        """The hot path: read, parse, dispatch. Never awaits a consumer.
-
-        One ``await recv()`` per socket read, not per message: what websockets
-        already holds behind it is taken with ``take`` (see :mod:`.transports._queued`).
-        The index's fastest matcher is asked for after each read (see ``Index.matcher``).
-        """
-        recv = conn.ws.recv
-        take = queued_reader(conn.ws) or nothing_queued
-        parse = self._hooks._parse_raw_data
-        parse_is_async = inspect.iscoroutinefunction(parse)
-        matcher = self._index.matcher
-        counters = self._counters
-        pressure = self._pressure
-        clock = time.monotonic
-        if conn.early:
-            self._deliver_early(conn)
-        try:
-            while True:
-                raw: str | bytes | None = await recv()
-                match = matcher()
-                while raw is not None:
-                    conn.last_frame = clock()
-                    counters.frames += 1
-                    try:
-                        msg = (await parse(raw)) if parse_is_async else parse(raw)
-                    except Exception as exc:
-                        self._parse_failed(raw, exc)
-                    else:
-                        if msg is None:
-                            counters.skipped += 1
-                        else:
-                            for target in match(msg):
-                                target.deliver(msg)
-                            if pressure.crowded:
-                                pressure.crowded = False
-                                counters.pump_yields += 1
-                                await asyncio.sleep(0)
-                    raw = take()
-        except ConnectionClosed as exc:
-            self._lost(conn, exc)
-
-    async def _pump_sequenced(self, conn: Link) -> None:
-        """The hot path of a client with a ``_sequence`` hook: :meth:`_pump`, asking ``admit`` first."""
-        recv = conn.ws.recv
-        take = queued_reader(conn.ws) or nothing_queued
-        parse = self._hooks._parse_raw_data
-        parse_is_async = inspect.iscoroutinefunction(parse)
-        matcher = self._index.matcher
-        admit = self._admit
-        assert admit is not None
-        counters = self._counters
-        pressure = self._pressure
-        clock = time.monotonic
-        if conn.early:
-            self._deliver_early(conn)
-        try:
-            while True:
-                raw: str | bytes | None = await recv()
-                match = matcher()
-                while raw is not None:
-                    conn.last_frame = clock()
-                    counters.frames += 1
-                    try:
-                        msg = (await parse(raw)) if parse_is_async else parse(raw)
-                    except Exception as exc:
-                        self._parse_failed(raw, exc)
-                    else:
-                        if msg is None:
-                            counters.skipped += 1
-                        else:
-                            if admit(msg):
-                                for target in match(msg):
-                                    target.deliver(msg)
-                            if pressure.crowded:
-                                pressure.crowded = False
-                                counters.pump_yields += 1
-                                await asyncio.sleep(0)
-                    raw = take()
-        except ConnectionClosed as exc:
-            self._lost(conn, exc)
-
-    def _lost(self, conn: Link, exc: ConnectionClosed) -> None:
-        conn.closed_by = exc
-        self.last_error = exc
-        if conn.successor is None:
-            logger.warning("connection #{} lost: {}", conn.number, describe(exc))
-        else:
-            logger.info("connection #{} closed after recycle", conn.number)
-
-    def _parse_failed(self, raw: str | bytes, exc: Exception) -> None:
-        self._counters.parse_errors += 1
-        logger.warning(
-            "parse error #{} ({}) in a {}-byte frame starting {!r}",
-            self._counters.parse_errors, describe(exc), len(raw), raw[:40],
-        )
 
     async def _recycle(self, conn: Link) -> None:
         """Wait for the user's trigger, then swap in a new connection before closing ``conn``."""
