@@ -4,8 +4,8 @@
 the subject with a regular expression, builds the header block key by key and
 formats the command, for every message. A sink's batch has the same header
 (``Nats-Msg-Id``) on every record and a few hundred distinct subjects, so
-:class:`HpubWriter` checks each subject once, formats each command with one
-``%`` and appends the batch to nats-py's outgoing buffer as one ``bytes``,
+:class:`HpubWriter` formats each command with one ``%`` (the sink's encoder has
+checked each distinct subject once) and appends the batch to nats-py's outgoing buffer as one ``bytes``,
 where nats-py's own flusher writes it, and resends it after a reconnect, as it
 does for ``publish``.
 
@@ -31,7 +31,6 @@ EXPECTED_STREAM = "Nats-Expected-Stream"
 
 # nats-py's publish refuses these in a subject: they would end the command early.
 _NOT_IN_SUBJECT = re.compile(r"[ \t\r\n]")
-_HEADS_KEPT = 65_536  # distinct subjects remembered; then forgotten and checked again
 
 _REQUIRED = ("_send_command", "_flush_pending", "_flush_queue", "_pending_data_size", "_max_pending_size", "stats")
 
@@ -55,22 +54,13 @@ class HpubWriter:
     """Frames records ``(subject, data, id)`` as ``HPUB`` commands and queues them in nats-py's buffer.
 
     Subjects must have passed :func:`check_subject` and ids :func:`~._record.header_safe`
-    (the sink's encoder sees to both); each distinct subject's command head is
-    kept, at most ``65,536`` of them.
+    (the sink's encoder sees to both).
     """
 
-    __slots__ = ("_heads", "_nc")
+    __slots__ = ("_nc",)
 
     def __init__(self, nc: NatsClient) -> None:
         self._nc = nc
-        self._heads: dict[str, bytes] = {}
-
-    def _head(self, subject: str) -> bytes:
-        heads = self._heads
-        if len(heads) >= _HEADS_KEPT:
-            heads.clear()
-        head = heads[subject] = b"HPUB " + subject.encode()
-        return head
 
     async def write(self, records: list[tuple[str, bytes, str]], reply: str, stream: str) -> None:
         """Queue ``records`` in order; the last one carries ``reply`` and ``Nats-Expected-Stream: stream``.
@@ -84,22 +74,20 @@ class HpubWriter:
             raise nats.errors.ConnectionClosedError
         if nc.is_draining_pubs:
             raise nats.errors.ConnectionDrainingError
-        heads = self._heads
         parts: list[bytes] = []
         append = parts.append
         size = 0
         for subject, data, msg_id in records[:-1]:
-            head = heads.get(subject) or self._head(subject)
             mid = msg_id.encode()
             hdr_len = 27 + len(mid)  # "NATS/1.0\r\n" "Nats-Msg-Id: " id "\r\n\r\n"
             size += len(data)
-            append(b"%b %d %d\r\nNATS/1.0\r\nNats-Msg-Id: %b\r\n\r\n%b\r\n"
-                   % (head, hdr_len, hdr_len + len(data), mid, data))
+            append(b"HPUB %b %d %d\r\nNATS/1.0\r\nNats-Msg-Id: %b\r\n\r\n%b\r\n"
+                   % (subject.encode(), hdr_len, hdr_len + len(data), mid, data))
         subject, data, msg_id = records[-1]
         size += len(data)
         hdr = b"NATS/1.0\r\nNats-Msg-Id: %b\r\nNats-Expected-Stream: %b\r\n\r\n" % (msg_id.encode(), stream.encode())
-        append(b"%b %b %d %d\r\n%b%b\r\n" % (heads.get(subject) or self._head(subject), reply.encode(),
-                                            len(hdr), len(hdr) + len(data), hdr, data))
+        append(b"HPUB %b %b %d %d\r\n%b%b\r\n" % (subject.encode(), reply.encode(),
+                                                 len(hdr), len(hdr) + len(data), hdr, data))
         blob = b"".join(parts)
         if not nc.is_connected and (nc._max_pending_size <= 0
                                     or nc._pending_data_size + len(blob) > nc._max_pending_size):
