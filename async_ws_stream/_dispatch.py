@@ -142,7 +142,6 @@ class Index(Generic[T]):
         self._scan_callables: tuple[_Entry, ...] = ()
         self._lookup: dict[Path, dict[Any, tuple[_Anchored, ...]]] = {}
         self._paths: tuple[tuple[Hashable, Path, dict[Any, tuple[_Anchored, ...]]], ...] = ()
-        self._shape_list = self._shapes.snapshot
         self._only_everyone = True
         self._fast: Callable[[object], Sequence[T]] | None = None
         # What the next match() must rebuild before it reads the snapshots.
@@ -345,8 +344,7 @@ class Index(Generic[T]):
             if paths_changed:
                 self._paths = tuple((path[0], path[1:], lookup) for path, lookup in self._lookup.items())
         self._shapes.refresh()
-        self._shape_list = self._shapes.snapshot
-        self._only_everyone = not self._paths and not self._scan and not self._shape_list
+        self._only_everyone = not self._paths and not self._scan and not self._shapes.snapshot
         alone = not self._everyone and not self._paths and not self._scan  # only shapes, if any
         self._fast = fast_match(self, self._shapes, self.match) if alone else None
         self._stale = False
@@ -397,7 +395,7 @@ class Index(Generic[T]):
         result: list[T] | None = None
         # While nothing but one tuple matched, it is kept as it came: cheaper than a list.
         found: Sequence[T] | None = None
-        if self._shape_list:
+        if self._shapes.snapshot:
             shaped = self._shapes.match(view, msg, on_error)
             if shaped and everyone:
                 result = [*everyone, *shaped]

@@ -168,7 +168,6 @@ class Shapes(Generic[T]):
         return found
 
 
-
 def fast_match(index: Any, shapes: Shapes[T], match: Callable[[object], Sequence[T]]) -> Callable[[object], Sequence[T]] | None:
     """A function that matches like ``match`` with one lookup, when ``shapes`` hold one shape of one or two keys.
 
