@@ -15,13 +15,18 @@ from async_ws_stream.testing import FeedServer
 from .conftest import JsonClient, settle
 
 
+async def buffered(client: JsonClient, server: FeedServer, count: int) -> None:
+    """Connect, broadcast {"n": 0} .. {"n": count - 1}, and return once the client has dispatched them all."""
+    await client.wait_connected(timeout=5)
+    for n in range(count):
+        await server.broadcast({"n": n})
+    await settle(client, server)
+
+
 async def test_get_batch_takes_what_is_buffered_up_to_most_in_order(client: JsonClient, server: FeedServer) -> None:
     """Ten buffered: a batch of four, then the other six; an empty stream waits for the next message."""
     stream = client.stream_filter([{"n": lambda v: True}])
-    await client.wait_connected(timeout=5)
-    for n in range(10):
-        await server.broadcast({"n": n})
-    await settle(client, server)
+    await buffered(client, server, 10)
     assert [m["n"] for m in await stream.get_batch(4)] == [0, 1, 2, 3]
     assert [m["n"] for m in await stream.get_batch()] == [4, 5, 6, 7, 8, 9]
     waiting = asyncio.ensure_future(stream.get_batch())
@@ -49,10 +54,7 @@ async def test_batches_end_with_the_stream_after_its_buffer(server: FeedServer) 
     client = JsonClient(server.url)
     stream = client.stream_filter([{"n": lambda v: True}])
     try:
-        await client.wait_connected(timeout=5)
-        for n in range(25):
-            await server.broadcast({"n": n})
-        await settle(client, server)
+        await buffered(client, server, 25)
     finally:
         await client.exit()
     sizes, got = [], []
@@ -67,10 +69,7 @@ async def test_batches_end_with_the_stream_after_its_buffer(server: FeedServer) 
 async def test_an_overflow_error_comes_after_the_buffered_batch(client: JsonClient, server: FeedServer) -> None:
     """Under overflow="error" the buffered messages are returned first, then StreamOverflow is raised."""
     stream = client.stream_filter([{"n": lambda v: True}], maxsize=3, overflow="error")
-    await client.wait_connected(timeout=5)
-    for n in range(5):
-        await server.broadcast({"n": n})
-    await settle(client, server)
+    await buffered(client, server, 5)
     assert [m["n"] for m in await stream.get_batch()] == [0, 1, 2]
     with pytest.raises(StreamOverflow):
         await stream.get_batch()
@@ -93,10 +92,7 @@ async def test_an_instrumented_stream_batches_plain_messages_and_times_each(serv
     inst = instrument(client, registry=registry, name="batches")
     stream = client.stream_filter([{"n": lambda v: True}])
     try:
-        await client.wait_connected(timeout=5)
-        for n in range(7):
-            await server.broadcast({"n": n})
-        await settle(client, server)
+        await buffered(client, server, 7)
         batch = await stream.get_batch()
         lag = registry.get_sample_value("async_ws_stream_dequeue_lag_seconds_count", {"name": "batches"})
     finally:
